@@ -1,0 +1,497 @@
+"""LLMTrainingJob v1alpha1: the one source of truth for the API.
+
+The CRD in crds/ is generated from these models (see crd.py). Rules that the API server can check
+are CEL `x-kubernetes-validations` on the models; the same rules are enforced here in Python so
+that `llm-operator render` and `llm-train run` reject bad manifests without a cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.alias_generators import to_camel
+
+from .presets import PRESETS, Architecture, PresetName
+
+GROUP = "llmtraining.dev"
+VERSION = "v1alpha1"
+KIND = "LLMTrainingJob"
+PLURAL = "llmtrainingjobs"
+SINGULAR = "llmtrainingjob"
+SHORT_NAMES = ["ltj"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DNS_LABEL_MAX = 63
+WORKER_INFIX = "-worker-"
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+# Kubernetes objects we pass through to the pod (Volume, Toleration, Affinity, EnvVar…): the API
+# server validates them when the pod is created, so the CRD keeps them as opaque objects.
+K8sObject = Annotated[
+    dict[str, Any], WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+]
+Quantity = Annotated[
+    str,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+        }
+    ),
+]
+IntOrQuantity = Annotated[
+    int | str,
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
+
+
+def cel(rule: str, message: str | None = None, *, message_expression: str | None = None, field_path: str | None = None):
+    """One CEL x-kubernetes-validations entry."""
+    entry: dict[str, str] = {"rule": rule}
+    if message:
+        entry["message"] = message
+    if message_expression:
+        entry["messageExpression"] = message_expression
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, unknown fields rejected (a typo must not be silently ignored)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------------------- pods
+class ResourceRequirements(ApiModel):
+    limits: dict[str, IntOrQuantity] = Field(default_factory=dict, description="Resource limits per worker pod, e.g. cpu, memory, nvidia.com/gpu.")
+    requests: dict[str, IntOrQuantity] = Field(default_factory=dict, description="Resource requests per worker pod.")
+
+
+class PodTemplate(ApiModel):
+    """What is merged into every worker pod."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels (the operator's llmtraining.dev/* labels win on conflict).")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
+    tolerations: list[K8sObject] = Field(default_factory=list, description="Pod tolerations (core/v1 Toleration).")
+    affinity: Optional[K8sObject] = Field(None, description="Pod affinity (core/v1 Affinity).")
+    priority_class_name: Optional[str] = Field(None, description="PriorityClass of the worker pods.")
+    scheduler_name: Optional[str] = Field(None, description="Scheduler for the worker pods, e.g. a gang scheduler.")
+    service_account_name: Optional[str] = Field(None, description="ServiceAccount the worker pods run as.")
+    image_pull_secrets: list[K8sObject] = Field(default_factory=list, description="imagePullSecrets (core/v1 LocalObjectReference).")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Image pull policy of the trainer container.")
+    volumes: list[K8sObject] = Field(default_factory=list, description="Extra pod volumes (core/v1 Volume).")
+    volume_mounts: list[K8sObject] = Field(default_factory=list, description="Extra mounts in the trainer container (core/v1 VolumeMount).")
+    env: list[K8sObject] = Field(default_factory=list, description="Extra env of the trainer container (core/v1 EnvVar); reaches every rank in both launcher modes.")
+    run_as_user: int = Field(1000, ge=1, description="Non-root UID of the trainer container.")
+    run_as_group: int = Field(1000, ge=0, description="GID of the trainer container.")
+    fs_group: int = Field(1000, ge=0, description="fsGroup of the pod, so volumes are writable by the trainer.")
+    termination_grace_period_seconds: int = Field(
+        300, ge=0, description="Time between SIGTERM and SIGKILL; the trainer saves a checkpoint on SIGTERM, so leave it room."
+    )
+
+
+# ------------------------------------------------------------------------------------ launcher
+class LauncherSpec(ApiModel):
+    mode: Literal["noSsh", "ssh"] = Field(
+        "noSsh",
+        description="noSsh: every pod runs the DeepSpeed launcher for its own node_rank (no sshd). "
+        "ssh: worker 0 launches all ranks over ssh (pdsh); every worker runs a non-root sshd.",
+    )
+    master_port: int = Field(29500, ge=1024, le=65535, description="torch.distributed rendezvous port on worker 0.")
+    ssh_port: int = Field(2222, ge=1024, le=65535, description="Port of the non-root sshd in ssh mode.")
+    peer_timeout_seconds: int = Field(
+        600, ge=1, description="How long a pod waits for its peers' DNS names (and sshd, in ssh mode) before failing."
+    )
+
+
+# --------------------------------------------------------------------------------------- model
+class ModelSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.preset) || has(self.huggingFacePath) || (has(self.architecture) && has(self.nLayers) && has(self.dModel) && has(self.nHeads))",
+                    "set model.preset, model.huggingFacePath, or all of architecture, nLayers, dModel and nHeads"),
+                cel("!has(self.dModel) || !has(self.nHeads) || self.dModel % self.nHeads == 0",
+                    message_expression="'model.dModel (' + string(self.dModel) + ') must be divisible by model.nHeads (' + string(self.nHeads) + ')'"),
+                cel("!has(self.nHeads) || !has(self.nKvHeads) || self.nHeads % self.nKvHeads == 0",
+                    message_expression="'model.nHeads (' + string(self.nHeads) + ') must be divisible by model.nKvHeads (' + string(self.nKvHeads) + ')'"),
+            ]
+        }
+    )
+
+    preset: Optional[PresetName] = Field(None, description="Named size; explicit fields below override it. One of: " + ", ".join(PRESETS) + ".")
+    architecture: Optional[Architecture] = Field(None, description="gpt (LayerNorm, GELU MLP, learned positions) or llama (RMSNorm, RoPE, SwiGLU, grouped-query attention).")
+    n_layers: Optional[int] = Field(None, ge=1, alias="nLayers", description="Transformer blocks.")
+    d_model: Optional[int] = Field(None, ge=8, alias="dModel", description="Hidden size.")
+    n_heads: Optional[int] = Field(None, ge=1, alias="nHeads", description="Attention heads.")
+    n_kv_heads: Optional[int] = Field(None, ge=1, alias="nKvHeads", description="Key/value heads (grouped-query attention); defaults to nHeads.")
+    ffn_hidden: Optional[int] = Field(None, ge=1, alias="ffnHidden", description="MLP hidden size; defaults to 4·dModel (gpt) or ⌈8/3·dModel⌉ to a multiple of 64 (llama).")
+    seq_len: Optional[int] = Field(None, ge=8, alias="seqLen", description="Training sequence length in tokens.")
+    vocab_size: Optional[int] = Field(None, ge=2, alias="vocabSize", description="Vocabulary size.")
+    tie_embeddings: Optional[bool] = Field(None, description="Share input embedding and output head; default true for gpt, false for llama.")
+    hugging_face_path: Optional[str] = Field(
+        None, alias="huggingFacePath", description="Start from a Hugging Face model directory on a volume (config.json + safetensors); no hub downloads."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        if not (self.preset or self.hugging_face_path or (self.architecture and self.n_layers and self.d_model and self.n_heads)):
+            raise ValueError("set model.preset, model.huggingFacePath, or all of architecture, nLayers, dModel and nHeads")
+        if self.hugging_face_path:
+            return self
+        r = self.resolved()
+        if r["dModel"] % r["nHeads"]:
+            raise ValueError(f"model.dModel ({r['dModel']}) must be divisible by model.nHeads ({r['nHeads']})")
+        if r["nHeads"] % r["nKvHeads"]:
+            raise ValueError(f"model.nHeads ({r['nHeads']}) must be divisible by model.nKvHeads ({r['nKvHeads']})")
+        if r["architecture"] == "llama" and (r["dModel"] // r["nHeads"]) % 2:
+            raise ValueError(f"model: llama head size dModel/nHeads ({r['dModel'] // r['nHeads']}) must be even for RoPE")
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """Preset values overridden by the explicit fields, with every derived default filled in."""
+        out: dict[str, Any] = dict(PRESETS[self.preset]) if self.preset else {}
+        explicit = self.model_dump(by_alias=True, exclude_none=True, exclude={"preset", "hugging_face_path"})
+        out.update(explicit)
+        out.setdefault("architecture", "gpt")
+        out.setdefault("nKvHeads", out.get("nHeads"))
+        out.setdefault("seqLen", 1024)
+        out.setdefault("vocabSize", 50304)
+        out.setdefault("tieEmbeddings", out["architecture"] == "gpt")
+        if "ffnHidden" not in out and out.get("dModel"):
+            d = out["dModel"]
+            out["ffnHidden"] = 4 * d if out["architecture"] == "gpt" else 64 * math.ceil(8 * d / 3 / 64)
+        return out
+
+
+# ---------------------------------------------------------------------------------------- data
+class DataSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.format == 'synthetic' || size(self.paths) > 0", "data.paths is required unless data.format is synthetic", field_path=".paths"),
+                cel("!(self.format in ['text', 'jsonl']) || has(self.tokenizer)", "data.tokenizer is required for text and jsonl data", field_path=".tokenizer"),
+            ]
+        }
+    )
+
+    format: Literal["synthetic", "tokens", "text", "jsonl"] = Field(
+        "synthetic",
+        description="synthetic: random tokens (smoke tests, benchmarks); tokens: pre-tokenized binary files; "
+        "text: plain text files; jsonl: one JSON object per line with a text field.",
+    )
+    paths: list[str] = Field(default_factory=list, description="Files or glob patterns, read in sorted order (absolute, or relative to data.mountPath).")
+    token_dtype: Literal["uint16", "uint32"] = Field("uint16", description="Element type of token files (uint16 fits vocabularies up to 65536).")
+    tokenizer: Optional[str] = Field(None, description="Path to a Hugging Face tokenizer.json used for text and jsonl data.")
+    text_field: str = Field("text", description="Field of each jsonl object that holds the text.")
+    volume: Optional[K8sObject] = Field(
+        None, description="Volume source holding the data (e.g. {persistentVolumeClaim: {claimName: corpus}}), mounted read-only at mountPath."
+    )
+    mount_path: str = Field("/data", description="Where the data volume is mounted in the worker pods.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataSpec":
+        if self.format != "synthetic" and not self.paths:
+            raise ValueError("data.paths is required unless data.format is synthetic")
+        if self.format in ("text", "jsonl") and not self.tokenizer:
+            raise ValueError("data.tokenizer is required for text and jsonl data")
+        return self
+
+
+# ------------------------------------------------------------------------------------ training
+class OffloadSpec(ApiModel):
+    optimizer: Literal["none", "cpu", "nvme"] = Field("none", description="ZeRO optimizer-state offload (ZeRO ≥ 1).")
+    parameters: Literal["none", "cpu", "nvme"] = Field("none", description="ZeRO parameter offload (ZeRO 3 only).")
+    nvme_path: str = Field("/local_nvme", description="Directory on a local NVMe volume used for nvme offload.")
+
+
+class TrainingSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.warmupSteps <= self.steps", message_expression="'training.warmupSteps (' + string(self.warmupSteps) + ') must not exceed training.steps (' + string(self.steps) + ')'"),
+                cel("self.offload.parameters == 'none' || self.zeroStage == 3", "training.offload.parameters needs training.zeroStage 3", field_path=".offload.parameters"),
+                cel("self.offload.optimizer == 'none' || self.zeroStage >= 1", "training.offload.optimizer needs training.zeroStage 1 or higher", field_path=".offload.optimizer"),
+            ]
+        }
+    )
+
+    steps: int = Field(1000, ge=1, description="Optimizer steps to train.")
+    micro_batch_size: int = Field(1, ge=1, description="Sequences per rank per forward/backward pass.")
+    global_batch_size: Optional[int] = Field(
+        None, ge=1,
+        description="Sequences per optimizer step across all ranks; gradient accumulation = globalBatchSize / "
+        "(microBatchSize × nodes × slotsPerNode), which must divide exactly. Defaults to microBatchSize × nodes × slotsPerNode.",
+    )
+    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Training precision (fp16 uses dynamic loss scaling).")
+    zero_stage: int = Field(1, ge=0, le=3, description="DeepSpeed ZeRO stage 0–3.")
+    offload: OffloadSpec = Field(default_factory=OffloadSpec, description="ZeRO offload of optimizer state and parameters.")
+    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW).")
+    min_learning_rate_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    gradient_clipping: float = Field(
+        1.0, ge=0, description="Global gradient-norm clip (0 disables). Always written into the DeepSpeed config: its default changed between releases."
+    )
+    activation_checkpointing: bool = Field(False, description="Recompute each block's activations in backward to save memory.")
+    compile: bool = Field(True, description="torch.compile the model inside the DeepSpeed engine (GPU only; ignored on CPU).")
+    seed: int = Field(1234, ge=0, description="Seed for weights and data order.")
+    log_interval_steps: int = Field(10, ge=1, description="Steps between JSON log lines and status updates.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainingSpec":
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"training.warmupSteps ({self.warmup_steps}) must not exceed training.steps ({self.steps})")
+        if self.offload.parameters != "none" and self.zero_stage != 3:
+            raise ValueError("training.offload.parameters needs training.zeroStage 3")
+        if self.offload.optimizer != "none" and self.zero_stage < 1:
+            raise ValueError("training.offload.optimizer needs training.zeroStage 1 or higher")
+        return self
+
+
+class DeepSpeedSpec(ApiModel):
+    config: K8sObject = Field(
+        default_factory=dict,
+        description="Raw DeepSpeed config merged last over the generated one (escape hatch). It may not contradict "
+        "train_batch_size, train_micro_batch_size_per_gpu or gradient_accumulation_steps derived from spec.training.",
+    )
+
+
+# ---------------------------------------------------------------------------------- checkpoint
+class CheckpointSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.resume.matches('^[A-Za-z0-9._-]+$')", "checkpoint.resume must be latest, none, or a checkpoint tag (letters, digits, . _ -)", field_path=".resume"),
+            ]
+        }
+    )
+
+    volume: Optional[K8sObject] = Field(
+        None, description="Volume source for checkpoints, shared by all workers (e.g. a ReadWriteMany PVC); without it checkpoints live in an emptyDir and die with the pod."
+    )
+    mount_path: str = Field("/checkpoints", description="Where checkpoints are written in the worker pods.")
+    interval_steps: int = Field(1000, ge=0, description="Save every this many steps (0: only at the end and on SIGTERM).")
+    keep: int = Field(3, ge=1, description="Newest checkpoints to keep.")
+    resume: str = Field("latest", max_length=253, description="latest: resume from the newest complete checkpoint if any; none: start fresh; otherwise a checkpoint tag.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "CheckpointSpec":
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.resume):
+            raise ValueError("checkpoint.resume must be latest, none, or a checkpoint tag (letters, digits, . _ -)")
+        return self
+
+
+# ------------------------------------------------------------------------------------- network
+class NetworkSpec(ApiModel):
+    profile: Literal["tcp", "infiniband", "roce", "efa"] = Field(
+        "tcp", description="Interconnect: tcp (sockets), infiniband or roce (NCCL IB verbs), efa (AWS libfabric)."
+    )
+    interfaces: list[str] = Field(default_factory=list, description="Network interfaces for bootstrap/socket traffic (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME).")
+    ib_hcas: list[str] = Field(default_factory=list, alias="ibHcas", description="RDMA devices to use (NCCL_IB_HCA), e.g. mlx5_0; infiniband/roce only.")
+    gid_index: Optional[int] = Field(None, ge=0, description="RoCE GID index (NCCL_IB_GID_INDEX); default 3 for roce.")
+    rdma_resources: Optional[dict[str, IntOrQuantity]] = Field(
+        None,
+        description="Device-plugin resources per pod for the fabric. Default: rdma/rdma_shared_device_a: 1 for infiniband and roce, "
+        "vpc.amazonaws.com/efa: 1 for efa, none for tcp.",
+    )
+    host_network: bool = Field(False, description="Run worker pods in the host network namespace.")
+    shm_size: Quantity = Field("8Gi", description="Size of the memory-backed /dev/shm (NCCL and data loaders need more than the container default).")
+    nccl_env: dict[str, str] = Field(default_factory=dict, alias="ncclEnv", description="Extra NCCL_* (or other fabric) environment variables; they win over the profile's.")
+
+
+# ---------------------------------------------------------------------------------- run policy
+class RunPolicy(ApiModel):
+    backoff_limit: int = Field(3, ge=0, description="Restarts of the whole gang after a failure before the job is Failed.")
+    active_deadline_seconds: Optional[int] = Field(None, ge=1, description="Wall-clock limit of the job, from its start.")
+    ttl_seconds_after_finished: Optional[int] = Field(None, ge=0, description="Delete the job this long after it finished.")
+    suspend: bool = Field(False, description="Suspended jobs have no pods; resuming starts them from the latest checkpoint.")
+    clean_pod_policy: Literal["None", "Running", "All"] = Field(
+        "Running", description="Pods deleted when the job finishes: None, Running (still running ones), All."
+    )
+
+
+class MonitoringSpec(ApiModel):
+    port: int = Field(9090, ge=1024, le=65535, description="Port of the trainer's Prometheus /metrics endpoint in every worker pod.")
+    peak_tflops: Optional[float] = Field(None, gt=0, alias="peakTFLOPs", description="Per-accelerator peak used for MFU; defaults to the detected GPU's dense bf16 peak.")
+
+
+# ---------------------------------------------------------------------------------------- spec
+class LLMTrainingJobSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.training.globalBatchSize) || self.training.globalBatchSize % (self.training.microBatchSize * self.nodes * self.slotsPerNode) == 0",
+                    message_expression="'training.globalBatchSize (' + string(self.training.globalBatchSize) + ') must be divisible by "
+                    "microBatchSize × nodes × slotsPerNode = ' + string(self.training.microBatchSize) + ' × ' + string(self.nodes) + ' × ' "
+                    "+ string(self.slotsPerNode) + ' = ' + string(self.training.microBatchSize * self.nodes * self.slotsPerNode)",
+                    field_path=".training.globalBatchSize",
+                ),
+                cel("self.accelerator == 'gpu' || self.training.precision != 'fp16'", "training.precision fp16 needs accelerator gpu (use bf16 or fp32 on cpu)", field_path=".training.precision"),
+            ]
+        }
+    )
+
+    image: str = Field(..., min_length=1, description="Trainer container image (the Dockerfile's trainer target).")
+    nodes: int = Field(1, ge=1, le=4096, description="Worker pods, one per node; DeepSpeed node_rank i runs in pod <job>-worker-<i>.")
+    slots_per_node: int = Field(1, ge=1, le=64, description="DeepSpeed processes per pod (= GPUs per pod on GPU nodes).")
+    accelerator: Literal["gpu", "cpu"] = Field(
+        "gpu", description="gpu: each pod requests slotsPerNode nvidia.com/gpu and tolerates the nvidia.com/gpu taint; cpu: gloo ranks on CPU (tests, smoke runs)."
+    )
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements, description="Resources of each worker pod's trainer container.")
+    pod_template: PodTemplate = Field(default_factory=PodTemplate, description="Merged into each worker pod.")
+    launcher: LauncherSpec = Field(default_factory=LauncherSpec, description="How DeepSpeed's launcher reaches the ranks.")
+    model: ModelSpec = Field(..., description="The decoder to train.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Training data.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimization.")
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed config overrides.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing and resume.")
+    network: NetworkSpec = Field(default_factory=NetworkSpec, description="Interconnect and pod networking.")
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Lifecycle of the job.")
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Trainer metrics.")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.slots_per_node
+
+    def batch_plan(self) -> tuple[int, int, int]:
+        """(micro batch per rank, gradient accumulation steps, global batch), checked."""
+        micro = self.training.micro_batch_size
+        per_step = micro * self.world_size
+        global_batch = self.training.global_batch_size or per_step
+        if global_batch % per_step:
+            raise ValueError(
+                f"training.globalBatchSize ({global_batch}) must be divisible by microBatchSize × nodes × slotsPerNode = "
+                f"{micro} × {self.nodes} × {self.slots_per_node} = {per_step}"
+            )
+        return micro, global_batch // per_step, global_batch
+
+    @model_validator(mode="after")
+    def _check(self) -> "LLMTrainingJobSpec":
+        self.batch_plan()
+        if self.accelerator == "cpu" and self.training.precision == "fp16":
+            raise ValueError("training.precision fp16 needs accelerator gpu (use bf16 or fp32 on cpu)")
+        gpus = self.resources.limits.get("nvidia.com/gpu")
+        if self.accelerator == "gpu" and gpus is not None and int(gpus) != self.slots_per_node:
+            raise ValueError(f"resources.limits nvidia.com/gpu ({gpus}) must equal slotsPerNode ({self.slots_per_node})")
+        return self
+
+
+# -------------------------------------------------------------------------------------- status
+class Condition(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str = Field(..., description="Created, Running, Succeeded, Failed, Suspended, …")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field("", description="CamelCase reason.")
+    message: str = Field("", description="Human-readable detail.")
+    last_transition_time: Optional[str] = Field(None, description="When status last changed (RFC 3339).")
+    observed_generation: Optional[int] = Field(None, description="metadata.generation this condition was computed from.")
+
+
+class Progress(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    step: int = Field(0, description="Last completed optimizer step.")
+    total_steps: int = Field(0, description="spec.training.steps.")
+    step_of_total: str = Field("", description="step/totalSteps, for display.")
+    loss: Optional[float] = Field(None, description="Training loss at the last logged step.")
+    tokens_per_second: Optional[float] = Field(None, description="Throughput over the last logging interval, all ranks.")
+    mfu: Optional[float] = Field(None, description="Model FLOPs utilization (0–1).")
+
+
+class CheckpointStatus(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    step: int = Field(..., description="Step of the checkpoint.")
+    tag: str = Field(..., description="DeepSpeed checkpoint tag.")
+    path: Optional[str] = Field(None, description="Directory of the checkpoint.")
+    time: Optional[str] = Field(None, description="When it was completed.")
+
+
+class FailureStatus(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    rank: Optional[int] = Field(None, description="Node rank of the failed worker.")
+    pod: Optional[str] = Field(None, description="Failed pod.")
+    node: Optional[str] = Field(None, description="Kubernetes node it ran on.")
+    exit_code: Optional[int] = Field(None, description="Exit code of the trainer container.")
+    reason: Optional[str] = Field(None, description="Reason (Error, OOMKilled, Evicted, …).")
+    message: Optional[str] = Field(None, description="Detail from the container or pod status.")
+
+
+class LLMTrainingJobStatus(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+    phase: Optional[Literal["Pending", "Created", "Running", "Succeeded", "Failed", "Suspended", "Restarting"]] = Field(None, description="Summary of the conditions.")
+    conditions: list[Condition] = Field(default_factory=list, description="Latest observations of the job's state.")
+    observed_generation: Optional[int] = Field(None, description="metadata.generation the status describes.")
+    ready_nodes: int = Field(0, description="Worker pods that are Running and Ready.")
+    nodes_ready: str = Field("", description="readyNodes/nodes, for display.")
+    restarts: int = Field(0, description="Gang restarts so far.")
+    start_time: Optional[str] = Field(None, description="When the job's pods were first created.")
+    completion_time: Optional[str] = Field(None, description="When the job Succeeded or Failed.")
+    progress: Optional[Progress] = Field(None, description="Training progress reported by the trainer.")
+    last_checkpoint: Optional[CheckpointStatus] = Field(None, description="Newest complete checkpoint.")
+    failure: Optional[FailureStatus] = Field(None, description="Why the job failed.")
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: str
+    namespace: str = "default"
+    uid: Optional[str] = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class LLMTrainingJob(BaseModel):
+    """A whole manifest: apiVersion, kind, metadata, spec (status is ignored on input)."""
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.metadata.name.size() + " + str(len(WORKER_INFIX)) + " + string(self.spec.nodes - 1).size() <= " + str(DNS_LABEL_MAX),
+                    message_expression="'metadata.name is too long: pod name ' + self.metadata.name + '" + WORKER_INFIX
+                    + "' + string(self.spec.nodes - 1) + ' would exceed 63 characters'",
+                ),
+                cel(
+                    "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+                    "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter): it names the job's headless Service",
+                ),
+            ]
+        },
+    )
+
+    api_version: Literal["llmtraining.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["LLMTrainingJob"] = KIND
+    metadata: ObjectMeta
+    spec: LLMTrainingJobSpec
+    status: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="after")
+    def _check_names(self) -> "LLMTrainingJob":
+        check_job_name(self.metadata.name, self.spec.nodes)
+        return self
+
+
+def check_job_name(name: str, nodes: int) -> None:
+    """The headless Service is named after the job and each pod's hostname is <job>-worker-<i>: both are DNS labels."""
+    if not DNS_1035_LABEL.match(name):
+        raise ValueError(
+            f"metadata.name {name!r} must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter): it names the job's headless Service"
+        )
+    longest = f"{name}{WORKER_INFIX}{nodes - 1}"
+    if len(longest) > DNS_LABEL_MAX:
+        raise ValueError(
+            f"metadata.name is too long: pod name {longest!r} has {len(longest)} characters, more than {DNS_LABEL_MAX} "
+            f"(the name may have at most {DNS_LABEL_MAX - len(WORKER_INFIX) - len(str(nodes - 1))} characters with {nodes} nodes)"
+        )

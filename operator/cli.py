@@ -1,0 +1,77 @@
+"""`llm-operator`: print the CRD, render a job's children, or run the operator."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+EXIT_INVALID = 2
+
+
+def _cmd_crd(args: argparse.Namespace) -> int:
+    from .api.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from .api import SpecError, load_job_file
+    from .render import RenderContext, render_children
+
+    try:
+        job = load_job_file(args.filename)
+        if args.namespace:
+            job.metadata.namespace = args.namespace
+        children = render_children(job, RenderContext(cluster_domain=args.cluster_domain))
+    except (SpecError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    sys.stdout.write(yaml.safe_dump_all(children, sort_keys=False, width=120))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .main import run_operator
+
+    return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, health_port=args.health_port,
+                        cluster_domain=args.cluster_domain, log_format=args.log_format, verbose=args.verbose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-operator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    crd = sub.add_parser("crd", help="print the LLMTrainingJob CRD generated from the API models")
+    crd.set_defaults(func=_cmd_crd)
+
+    render = sub.add_parser("render", help="print the objects the operator would create for a job (multi-document YAML)")
+    render.add_argument("-f", "--filename", required=True, help="manifest with one LLMTrainingJob")
+    render.add_argument("-n", "--namespace", help="namespace to render into (default: the manifest's, else default)")
+    render.add_argument("--cluster-domain", default="cluster.local")
+    render.set_defaults(func=_cmd_render)
+
+    run = sub.add_parser("run", help="run the operator")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)")
+    run.add_argument("--health-port", type=int, default=8080, help="liveness endpoint port (0 disables)")
+    run.add_argument("--cluster-domain", default="cluster.local")
+    run.add_argument("--log-format", choices=["json", "plain"], default="json")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

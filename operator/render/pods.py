@@ -1,0 +1,208 @@
+"""Worker pods: one per node rank, each running the in-pod entrypoint `llm-train launch`."""
+
+from __future__ import annotations
+
+from ..api import LLMTrainingJob
+from .env import static_env
+from .names import (
+    CONFIG_MOUNT,
+    HOME_DIR,
+    MARKER_DIR,
+    SSH_MOUNT,
+    TRAINER_CONTAINER,
+    RenderContext,
+    config_map_name,
+    object_meta,
+    service_name,
+    ssh_secret_name,
+    worker_fqdn,
+    worker_name,
+)
+from .network import plan_network
+
+GPU_RESOURCE = "nvidia.com/gpu"
+HOSTFILE = f"{CONFIG_MOUNT}/hostfile"
+JOB_FILE = f"{CONFIG_MOUNT}/job.yaml"
+DS_CONFIG_FILE = f"{CONFIG_MOUNT}/ds_config.json"
+DS_ENV_FILE = f"{CONFIG_MOUNT}/deepspeed_env"
+
+
+def deepspeed_command(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> list[str]:
+    """DeepSpeed's runner: in noSsh mode for this pod's node_rank only, in ssh mode for all nodes over pdsh."""
+    spec = job.spec
+    cmd = ["deepspeed", f"--hostfile={HOSTFILE}"]
+    if spec.launcher.mode == "noSsh":
+        # Without --master_addr DeepSpeed falls back to ssh to discover it (DeepSpeed >= 0.14.5).
+        cmd += ["--no_ssh", f"--node_rank={rank}"]
+    else:
+        cmd += ["--launcher=pdsh", f"--ssh_port={spec.launcher.ssh_port}"]
+    cmd += [
+        f"--master_addr={worker_fqdn(job, 0, ctx)}",
+        f"--master_port={spec.launcher.master_port}",
+        "--module", "llm_trainer.worker",
+        "--job", JOB_FILE,
+        "--deepspeed-config", DS_CONFIG_FILE,
+        "--output-dir", spec.checkpoint.mount_path,
+    ]
+    return cmd
+
+
+def launch_command(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> list[str]:
+    """`llm-train launch` waits until the peers this pod needs are reachable, then runs DeepSpeed."""
+    spec = job.spec
+    timeout = ["--timeout", str(spec.launcher.peer_timeout_seconds)]
+    if spec.launcher.mode == "ssh":
+        if rank > 0:  # only sshd: worker 0 starts this node's ranks over ssh
+            return ["llm-train", "launch", "--sshd", f"--ssh-dir={SSH_MOUNT}", f"--ssh-port={spec.launcher.ssh_port}", "--sshd-only"]
+        waits: list[str] = []
+        for peer in range(spec.nodes):
+            waits += ["--wait-tcp", f"{worker_fqdn(job, peer, ctx)}:{spec.launcher.ssh_port}"]
+        return [
+            "llm-train", "launch", "--sshd", f"--ssh-dir={SSH_MOUNT}", f"--ssh-port={spec.launcher.ssh_port}",
+            *waits, *timeout, "--marker-dir", MARKER_DIR, "--", *deepspeed_command(job, rank, ctx),
+        ]
+    # noSsh: this pod needs its own name (published by the headless Service) and the master's.
+    waits = ["--wait-dns", worker_fqdn(job, 0, ctx)]
+    if rank > 0:
+        waits += ["--wait-dns", worker_fqdn(job, rank, ctx)]
+    return ["llm-train", "launch", *waits, *timeout, "--marker-dir", MARKER_DIR, "--", *deepspeed_command(job, rank, ctx)]
+
+
+def _env(job: LLMTrainingJob, rank: int) -> list[dict]:
+    env = [{"name": k, "value": v} for k, v in static_env(job).items()]
+    env += [
+        {"name": "LLMTRAIN_NODE_RANK", "value": str(rank)},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+    ]
+    if job.spec.launcher.mode == "ssh":
+        env.append({"name": "DS_ENV_FILE", "value": DS_ENV_FILE})
+    literal = {var["name"] for var in env}
+    env += [var for var in job.spec.pod_template.env if var.get("name") not in literal]  # valueFrom entries
+    return env
+
+
+def _resources(job: LLMTrainingJob) -> dict:
+    spec = job.spec
+    limits = dict(spec.resources.limits)
+    requests = dict(spec.resources.requests)
+    if spec.accelerator == "gpu":
+        limits.setdefault(GPU_RESOURCE, spec.slots_per_node)
+    for name, count in plan_network(spec.network).resources.items():
+        limits.setdefault(name, count)
+    # Quantities as strings: the canonical form (the API server accepts ints, typed clients do not).
+    out = {}
+    if limits:
+        out["limits"] = {name: str(value) for name, value in limits.items()}
+    if requests:
+        out["requests"] = {name: str(value) for name, value in requests.items()}
+    return out
+
+
+def _volumes(job: LLMTrainingJob) -> tuple[list[dict], list[dict]]:
+    spec = job.spec
+    volumes = [
+        {"name": "config", "configMap": {"name": config_map_name(job)}},
+        {"name": "home", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.network.shm_size}},
+        {"name": "checkpoints", **(spec.checkpoint.volume or {"emptyDir": {}})},
+    ]
+    mounts = [
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "home", "mountPath": HOME_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "checkpoints", "mountPath": spec.checkpoint.mount_path},
+    ]
+    if spec.launcher.mode == "ssh":
+        # 0440 + fsGroup: readable by the non-root trainer; sshd runs with StrictModes off for these.
+        volumes.append({"name": "ssh", "secret": {"secretName": ssh_secret_name(job), "defaultMode": 0o440}})
+        mounts.append({"name": "ssh", "mountPath": SSH_MOUNT, "readOnly": True})
+    if spec.data.volume:
+        volumes.append({"name": "data", **spec.data.volume})
+        mounts.append({"name": "data", "mountPath": spec.data.mount_path, "readOnly": True})
+    volumes += spec.pod_template.volumes
+    mounts += spec.pod_template.volume_mounts
+    return volumes, mounts
+
+
+def _ports(job: LLMTrainingJob) -> list[dict]:
+    spec = job.spec
+    ports = [
+        {"name": "rendezvous", "containerPort": spec.launcher.master_port, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": spec.monitoring.port, "protocol": "TCP"},
+    ]
+    if spec.launcher.mode == "ssh":
+        ports.append({"name": "ssh", "containerPort": spec.launcher.ssh_port, "protocol": "TCP"})
+    return ports
+
+
+def _tolerations(job: LLMTrainingJob) -> list[dict]:
+    tolerations = list(job.spec.pod_template.tolerations)
+    if job.spec.accelerator == "gpu":  # GPU nodes are conventionally tainted nvidia.com/gpu
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def build_worker_pod(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> dict:
+    spec = job.spec
+    tmpl = spec.pod_template
+    meta = object_meta(job, worker_name(job, rank), role="worker", rank=rank)
+    meta["labels"] = {**tmpl.labels, **meta["labels"]}
+    if tmpl.annotations:
+        meta["annotations"] = dict(tmpl.annotations)
+    volumes, mounts = _volumes(job)
+    capabilities: dict = {"drop": ["ALL"]}
+    if plan_network(spec.network).capabilities:
+        capabilities["add"] = plan_network(spec.network).capabilities
+    container = {
+        "name": TRAINER_CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": tmpl.image_pull_policy,
+        "command": launch_command(job, rank, ctx),
+        "workingDir": HOME_DIR,
+        "env": _env(job, rank),
+        "ports": _ports(job),
+        "resources": _resources(job),
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True,
+            "capabilities": capabilities,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict = {
+        "hostname": worker_name(job, rank),
+        "subdomain": service_name(job),
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": tmpl.termination_grace_period_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": tmpl.run_as_user,
+            "runAsGroup": tmpl.run_as_group,
+            "fsGroup": tmpl.fs_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.network.host_network:
+        pod_spec["hostNetwork"] = True
+        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    optional = {
+        "nodeSelector": tmpl.node_selector,
+        "tolerations": _tolerations(job),
+        "affinity": tmpl.affinity,
+        "priorityClassName": tmpl.priority_class_name,
+        "schedulerName": tmpl.scheduler_name,
+        "serviceAccountName": tmpl.service_account_name,
+        "imagePullSecrets": tmpl.image_pull_secrets,
+    }
+    pod_spec.update({k: v for k, v in optional.items() if v})
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}
