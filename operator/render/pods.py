@@ -50,22 +50,19 @@ def deepspeed_command(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> lis
 def launch_command(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> list[str]:
     """`llm-train launch` waits until the peers this pod needs are reachable, then runs DeepSpeed."""
     spec = job.spec
+    peers = [worker_fqdn(job, peer, ctx) for peer in range(spec.nodes)]
     timeout = ["--timeout", str(spec.launcher.peer_timeout_seconds)]
     if spec.launcher.mode == "ssh":
+        sshd = ["--sshd", f"--ssh-secret-dir={SSH_MOUNT}", f"--ssh-port={spec.launcher.ssh_port}"]
         if rank > 0:  # only sshd: worker 0 starts this node's ranks over ssh
-            return ["llm-train", "launch", "--sshd", f"--ssh-dir={SSH_MOUNT}", f"--ssh-port={spec.launcher.ssh_port}", "--sshd-only"]
-        waits: list[str] = []
-        for peer in range(spec.nodes):
-            waits += ["--wait-tcp", f"{worker_fqdn(job, peer, ctx)}:{spec.launcher.ssh_port}"]
-        return [
-            "llm-train", "launch", "--sshd", f"--ssh-dir={SSH_MOUNT}", f"--ssh-port={spec.launcher.ssh_port}",
-            *waits, *timeout, "--marker-dir", MARKER_DIR, "--", *deepspeed_command(job, rank, ctx),
-        ]
-    # noSsh: this pod needs its own name (published by the headless Service) and the master's.
-    waits = ["--wait-dns", worker_fqdn(job, 0, ctx)]
-    if rank > 0:
-        waits += ["--wait-dns", worker_fqdn(job, rank, ctx)]
-    return ["llm-train", "launch", *waits, *timeout, "--marker-dir", MARKER_DIR, "--", *deepspeed_command(job, rank, ctx)]
+            return ["llm-train", "launch", *sshd, "--sshd-only"]
+        waits = [arg for peer in peers for arg in ("--wait-tcp", f"{peer}:{spec.launcher.ssh_port}")]
+    else:
+        # Every pod waits for every name: a missing peer then fails the whole gang fast, by name,
+        # instead of hanging in the rendezvous until torch's timeout.
+        waits = [arg for peer in peers for arg in ("--wait-dns", peer)]
+    return ["llm-train", "launch", *(sshd if spec.launcher.mode == "ssh" else []), *waits, *timeout,
+            "--marker-dir", MARKER_DIR, "--", *deepspeed_command(job, rank, ctx)]
 
 
 def _env(job: LLMTrainingJob, rank: int) -> list[dict]:

@@ -110,9 +110,9 @@ def test_nossh_command_per_rank(manifest):
     command = trainer(worker1)["command"]
     launch, deepspeed = command[: command.index("--")], command[command.index("--") + 1 :]
     assert launch[:2] == ["llm-train", "launch"]
-    # waits for the master's name and its own before launching
-    assert launch[launch.index("--wait-dns") + 1] == "demo-worker-0.demo.team-a.svc.cluster.local"
-    assert "demo-worker-1.demo.team-a.svc.cluster.local" in launch
+    # waits for every peer's name before launching
+    waits = [launch[i + 1] for i, a in enumerate(launch) if a == "--wait-dns"]
+    assert waits == ["demo-worker-0.demo.team-a.svc.cluster.local", "demo-worker-1.demo.team-a.svc.cluster.local"]
     assert launch[launch.index("--timeout") + 1] == "600"
     assert deepspeed[:3] == ["deepspeed", "--hostfile=/etc/llmtraining/hostfile", "--no_ssh"]
     assert "--node_rank=1" in deepspeed
@@ -137,7 +137,8 @@ def test_ssh_mode(manifest):
     # the launcher waits for every worker's sshd
     waits = [launcher_cmd[i + 1] for i, a in enumerate(launcher_cmd) if a == "--wait-tcp"]
     assert waits == ["demo-worker-0.demo.team-a.svc.cluster.local:2222", "demo-worker-1.demo.team-a.svc.cluster.local:2222"]
-    assert "--sshd-only" in trainer(worker)["command"] and "--" not in trainer(worker)["command"]
+    assert trainer(worker)["command"] == ["llm-train", "launch", "--sshd", "--ssh-secret-dir=/etc/llmtraining-ssh", "--ssh-port=2222", "--sshd-only"]
+    assert launcher_cmd[:5] == ["llm-train", "launch", "--sshd", "--ssh-secret-dir=/etc/llmtraining-ssh", "--ssh-port=2222"]
     for pod in (launcher, worker):
         (ssh_volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "ssh"]
         assert ssh_volume["secret"] == {"secretName": "demo-ssh", "defaultMode": 0o440}

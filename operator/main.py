@@ -1,0 +1,62 @@
+"""`llm-operator run`: configure Kopf and the Kubernetes client, then run the handlers."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+import prometheus_client
+from kubernetes import config as kube_config
+
+from . import handlers
+from .kube import Kube
+from .reconcile import Reconciler
+from .render import RenderContext
+
+PREFIX = "llmtraining.dev"
+log = logging.getLogger("llm_operator")
+
+
+def load_kube_config() -> None:
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()
+
+
+def configure_settings(settings: kopf.OperatorSettings) -> None:
+    # Our prefix, not Kopf's: handler progress and the last-handled spec live in annotations
+    # (the status subresource belongs to the API, and its schema would prune Kopf's fields).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = 8
+
+
+def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: int, metrics_port: int, cluster_domain: str,
+                 log_format: str = "json", verbose: bool = False) -> int:
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL)
+    load_kube_config()
+    from .ssh_keys import generate_job_keys
+
+    handlers.install(Reconciler(kube=Kube(), ctx=RenderContext(cluster_domain=cluster_domain),
+                                emit=handlers.post_event, generate_ssh_keys=generate_job_keys))
+
+    if metrics_port:
+        prometheus_client.start_http_server(metrics_port)
+
+    @kopf.on.startup()
+    def _startup(settings: kopf.OperatorSettings, **_) -> None:
+        configure_settings(settings)
+
+    log.info("starting llm-training-operator", extra={"namespaces": namespaces or "*", "cluster_domain": cluster_domain})
+    kopf.run(
+        standalone=True,  # one replica (Deployment strategy Recreate); no peering objects needed
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
+    )
+    return 0

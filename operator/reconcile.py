@@ -1,0 +1,98 @@
+"""One reconcile of one job: desired children → apply → observe pods → status (only on change) → clean up.
+
+Safe to run any number of times, concurrently with a killed predecessor's leftovers: children
+have deterministic names and are created only if absent, so a restart converges without
+duplicates, and owner references let the garbage collector remove them with the job.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from .api import SpecError, parse_job
+from .kube import Kube
+from .render import RenderContext, render_children
+from .render.names import ssh_secret_name
+from .status import Event, Observation, node_rank, observe, set_condition, status_changed
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[dict, Event], None]
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    ctx: RenderContext
+    emit: EventSink
+    generate_ssh_keys: Callable[[], dict[str, str]]
+
+    def reconcile(self, body: dict[str, Any]) -> Observation | None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        previous = body.get("status") or {}
+        try:
+            job = parse_job({k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
+        except SpecError as exc:
+            return self._reject(body, previous, exc)
+
+        if previous.get("phase") not in ("Succeeded", "Failed", "Running"):
+            self._create_children(job, body)
+
+        observation = observe(job, meta.get("generation"), self.kube.list_job_pods(namespace, name), previous, utcnow())
+        if status_changed(previous, observation.status):
+            self.kube.patch_job_status(namespace, name, observation.status)
+        for event in observation.events:
+            self.emit(body, event)
+        if observation.finished:
+            self._clean_up_pods(job)
+        return observation
+
+    def _create_children(self, job, body) -> None:
+        ssh_keys = None
+        if job.spec.launcher.mode == "ssh" and not self.kube.secret_exists(job.metadata.namespace, ssh_secret_name(job)):
+            ssh_keys = self.generate_ssh_keys()  # once per job: an existing Secret is never replaced
+        created = []
+        for child in render_children(job, self.ctx, ssh_keys=ssh_keys):
+            if child["kind"] == "Secret" and ssh_keys is None:
+                continue
+            if self.kube.create_if_absent(child):
+                created.append(f"{child['kind']} {child['metadata']['name']}")
+        if created:
+            log.info("created %s", ", ".join(created), extra={"job": job.metadata.name})
+            self.emit(body, Event("Normal", "Created", "created " + ", ".join(created)))
+
+    def _clean_up_pods(self, job) -> None:
+        policy = job.spec.run_policy.clean_pod_policy
+        if policy == "None":
+            return
+        for pod in self.kube.list_job_pods(job.metadata.namespace, job.metadata.name):
+            phase = (pod.get("status") or {}).get("phase")
+            if pod["metadata"].get("deletionTimestamp"):
+                continue
+            if policy == "All" or phase in ("Pending", "Running", "Unknown"):
+                log.info("deleting pod %s (cleanPodPolicy %s)", pod["metadata"]["name"], policy)
+                self.kube.delete_pod(job.metadata.namespace, pod["metadata"]["name"])
+
+    def _reject(self, body: dict, previous: dict, exc: SpecError) -> Observation:
+        """A spec the API server accepted but we cannot run (e.g. an older CRD is installed)."""
+        meta = body["metadata"]
+        conditions = [dict(c) for c in previous.get("conditions") or []]
+        message = "; ".join(exc.problems)[:1024]
+        set_condition(conditions, "Failed", "True", "InvalidSpec", message, utcnow(), meta.get("generation"))
+        status = {"phase": "Failed", "conditions": conditions, "observedGeneration": meta.get("generation")}
+        observation = Observation(status=status, events=[Event("Warning", "InvalidSpec", message)])
+        if status_changed(previous, status):
+            self.kube.patch_job_status(meta["namespace"], meta["name"], status)
+            self.emit(body, observation.events[0])
+        return observation
+
+
+__all__ = ["Reconciler", "node_rank", "utcnow"]
