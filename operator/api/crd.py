@@ -2,7 +2,7 @@
 
 Pydantic emits JSON Schema; the API server wants a *structural* OpenAPI v3 schema: no $ref, no
 `additionalProperties` beside `properties`, no `null` types, boolean exclusive bounds, and
-`default: {}` on optional sub-objects so that their own defaults apply when a manifest omits them.
+defaults on optional sub-objects so that their fields' defaults apply when a manifest omits them.
 """
 
 from __future__ import annotations
@@ -55,10 +55,12 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         node["enum"] = [node.pop("const")]
     out = {k: _structural(v, defs) for k, v in node.items() if k not in _DROP}
     if "properties" in out:
-        for prop in out["properties"].values():
-            # A sub-object whose fields all have defaults defaults to {}, so its fields' defaults apply.
-            if prop.get("type") == "object" and "properties" in prop and not prop.get("required") and "default" not in prop:
-                prop["default"] = {}
+        required = set(out.get("required", []))
+        for name, prop in out["properties"].items():
+            # An optional sub-object whose own fields all have defaults gets the object of those
+            # defaults, so a manifest that omits it is stored (and diffed by GitOps) complete.
+            if prop.get("type") == "object" and "properties" in prop and not prop.get("required") and "default" not in prop and name not in required:
+                prop["default"] = {k: v["default"] for k, v in prop["properties"].items() if "default" in v}
     return out
 
 

@@ -118,9 +118,9 @@ class ModelSpec(ApiModel):
                 cel("has(self.preset) || has(self.huggingFacePath) || (has(self.architecture) && has(self.nLayers) && has(self.dModel) && has(self.nHeads))",
                     "set model.preset, model.huggingFacePath, or all of architecture, nLayers, dModel and nHeads"),
                 cel("!has(self.dModel) || !has(self.nHeads) || self.dModel % self.nHeads == 0",
-                    message_expression="'model.dModel (' + string(self.dModel) + ') must be divisible by model.nHeads (' + string(self.nHeads) + ')'"),
+                    message_expression="'model.dModel (%d) must be divisible by model.nHeads (%d)'.format([self.dModel, self.nHeads])"),
                 cel("!has(self.nHeads) || !has(self.nKvHeads) || self.nHeads % self.nKvHeads == 0",
-                    message_expression="'model.nHeads (' + string(self.nHeads) + ') must be divisible by model.nKvHeads (' + string(self.nKvHeads) + ')'"),
+                    message_expression="'model.nHeads (%d) must be divisible by model.nKvHeads (%d)'.format([self.nHeads, self.nKvHeads])"),
             ]
         }
     )
@@ -175,7 +175,7 @@ class DataSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("self.format == 'synthetic' || size(self.paths) > 0", "data.paths is required unless data.format is synthetic", field_path=".paths"),
+                cel("self.format == 'synthetic' || (has(self.paths) && size(self.paths) > 0)", "data.paths is required unless data.format is synthetic", field_path=".paths"),
                 cel("!(self.format in ['text', 'jsonl']) || has(self.tokenizer)", "data.tokenizer is required for text and jsonl data", field_path=".tokenizer"),
             ]
         }
@@ -215,7 +215,7 @@ class TrainingSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("self.warmupSteps <= self.steps", message_expression="'training.warmupSteps (' + string(self.warmupSteps) + ') must not exceed training.steps (' + string(self.steps) + ')'"),
+                cel("self.warmupSteps <= self.steps", message_expression="'training.warmupSteps (%d) must not exceed training.steps (%d)'.format([self.warmupSteps, self.steps])"),
                 cel("self.offload.parameters == 'none' || self.zeroStage == 3", "training.offload.parameters needs training.zeroStage 3", field_path=".offload.parameters"),
                 cel("self.offload.optimizer == 'none' || self.zeroStage >= 1", "training.offload.optimizer needs training.zeroStage 1 or higher", field_path=".offload.optimizer"),
             ]
@@ -332,9 +332,9 @@ class LLMTrainingJobSpec(ApiModel):
             "x-kubernetes-validations": [
                 cel(
                     "!has(self.training.globalBatchSize) || self.training.globalBatchSize % (self.training.microBatchSize * self.nodes * self.slotsPerNode) == 0",
-                    message_expression="'training.globalBatchSize (' + string(self.training.globalBatchSize) + ') must be divisible by "
-                    "microBatchSize × nodes × slotsPerNode = ' + string(self.training.microBatchSize) + ' × ' + string(self.nodes) + ' × ' "
-                    "+ string(self.slotsPerNode) + ' = ' + string(self.training.microBatchSize * self.nodes * self.slotsPerNode)",
+                    message_expression="'training.globalBatchSize (%d) must be divisible by microBatchSize × nodes × slotsPerNode = %d × %d × %d = %d'"
+                    ".format([self.training.globalBatchSize, self.training.microBatchSize, self.nodes, self.slotsPerNode, "
+                    "self.training.microBatchSize * self.nodes * self.slotsPerNode])",
                     field_path=".training.globalBatchSize",
                 ),
                 cel("self.accelerator == 'gpu' || self.training.precision != 'fp16'", "training.precision fp16 needs accelerator gpu (use bf16 or fp32 on cpu)", field_path=".training.precision"),
@@ -460,8 +460,7 @@ class LLMTrainingJob(BaseModel):
             "x-kubernetes-validations": [
                 cel(
                     "self.metadata.name.size() + " + str(len(WORKER_INFIX)) + " + string(self.spec.nodes - 1).size() <= " + str(DNS_LABEL_MAX),
-                    message_expression="'metadata.name is too long: pod name ' + self.metadata.name + '" + WORKER_INFIX
-                    + "' + string(self.spec.nodes - 1) + ' would exceed 63 characters'",
+                    message_expression="'metadata.name is too long: pod name %s" + WORKER_INFIX + "%d would exceed 63 characters'.format([self.metadata.name, self.spec.nodes - 1])",
                 ),
                 cel(
                     "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",

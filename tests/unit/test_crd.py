@@ -42,7 +42,9 @@ def test_schema_is_structural():
 def test_defaults_live_in_the_schema():
     spec = spec_schema()["properties"]["spec"]["properties"]
     assert spec["nodes"]["default"] == 1
-    assert spec["training"]["default"] == {}
+    assert spec["training"]["default"]["precision"] == "bf16"
+    assert spec["training"]["default"]["offload"] == {"optimizer": "none", "parameters": "none", "nvmePath": "/local_nvme"}
+    assert "default" not in spec["model"]  # required, so no default
     assert spec["training"]["properties"]["precision"]["default"] == "bf16"
     assert spec["training"]["properties"]["gradientClipping"]["default"] == 1.0
     assert spec["launcher"]["properties"]["mode"]["default"] == "noSsh"
