@@ -1,0 +1,80 @@
+# syntax=docker/dockerfile:1
+# Two images from the one pyproject.toml:
+#   docker build --target operator -t ghcr.io/llmtraining/operator:0.1.0 .   # the Kopf operator (no PyTorch)
+#   docker build --target trainer  -t ghcr.io/llmtraining/trainer:0.1.0 .    # the worker pods (PyTorch CUDA, DeepSpeed)
+# tests/unit/test_packaging.py lints this file (hadolint) and replays its installs against the test venv.
+
+ARG PYTHON_VERSION=3.12
+# CUDA of the base image = CUDA of the PyTorch build (nvcc JIT-builds must match torch.version.cuda).
+ARG CUDA_IMAGE=nvidia/cuda:13.0.0-devel-ubuntu24.04
+
+# ------------------------------------------------------------------------------------------------ wheel --
+# The project wheel (llm_operator + llm_trainer + both console scripts), built once for both images,
+# and the operator's requirements derived from pyproject.toml.
+FROM python:${PYTHON_VERSION}-slim AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY trainer/ trainer/
+COPY hack/operator-requirements.py hack/
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+ && python hack/operator-requirements.py pyproject.toml > /wheels/operator-requirements.txt
+
+# --------------------------------------------------------------------------------------------- operator --
+FROM python:${PYTHON_VERSION}-slim AS operator
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/tmp
+# The wheel without its dependencies (which include torch and deepspeed), then only what the operator
+# imports. pip compiles the bytecode at install time, so nothing is written under a read-only root.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-deps /wheels/llm_training_operator-*.whl \
+ && pip install --no-cache-dir -r /wheels/operator-requirements.txt \
+ && groupadd --gid 65532 nonroot \
+ && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin nonroot
+USER 65532:65532
+EXPOSE 8080 8081
+ENTRYPOINT ["llm-operator"]
+CMD ["run"]
+
+# ---------------------------------------------------------------------------------------------- trainer --
+# The CUDA devel image: DeepSpeed JIT-builds its ops (FusedAdam, ...) with nvcc, g++ and ninja at run time.
+FROM ${CUDA_IMAGE} AS trainer
+ARG TORCH_VERSION=2.11.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:${PATH} \
+    HOME=/home/llm \
+    TORCH_EXTENSIONS_DIR=/home/llm/.cache/torch_extensions \
+    TRITON_CACHE_DIR=/home/llm/.cache/triton
+# python3-dev: Python.h for DeepSpeed's JIT builds; openssh-server (/usr/sbin/sshd), openssh-client (ssh)
+# and pdsh: the ssh launcher mode (`llm-train launch --sshd`, `deepspeed --launcher=pdsh`).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      python3 python3-venv python3-dev \
+      g++ ninja-build \
+      openssh-server openssh-client pdsh \
+      ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /run/sshd \
+ && python3 -m venv /opt/venv
+# The PyTorch CUDA build first (from its own index), then the wheel with the rest of its requirements.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+ && pip install --no-cache-dir "$(echo /wheels/llm_training_operator-*.whl)[trainer]"
+# uid 1000 `llm`, home /home/llm: what the worker pods run as (ssh needs a passwd entry for the uid).
+# The Ubuntu base image ships its own uid 1000 user (`ubuntu`): remove it first.
+RUN if id -u ubuntu >/dev/null 2>&1; then userdel --remove ubuntu; fi \
+ && useradd --uid 1000 --user-group --create-home --home-dir /home/llm --shell /bin/bash llm \
+ && mkdir -p /home/llm/.cache/torch_extensions /home/llm/.cache/triton \
+ && chown -R llm:llm /home/llm
+USER 1000:1000
+WORKDIR /home/llm
+EXPOSE 2222 9090 29500
+# Worker pods set their own command (`llm-train launch ... -- deepspeed ...`).
+CMD ["llm-train", "launch", "--help"]
