@@ -42,7 +42,6 @@ CMD ["run"]
 # The CUDA devel image: DeepSpeed JIT-builds its ops (FusedAdam, ...) with nvcc, g++ and ninja at run time.
 FROM ${CUDA_IMAGE} AS trainer
 ARG TORCH_VERSION=2.11.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -63,9 +62,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /run/sshd \
  && python3 -m venv /opt/venv
-# The PyTorch CUDA build first (from its own index), then the wheel with the rest of its requirements.
+# PyPI's Linux PyTorch wheel is the CUDA 13.0 build, matching the base image; then the wheel and its extra.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+    pip install --no-cache-dir "torch==${TORCH_VERSION}" \
  && pip install --no-cache-dir "$(echo /wheels/llm_training_operator-*.whl)[trainer]"
 # uid 1000 `llm`, home /home/llm: what the worker pods run as (ssh needs a passwd entry for the uid).
 # The Ubuntu base image ships its own uid 1000 user (`ubuntu`): remove it first.
