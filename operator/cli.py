@@ -40,7 +40,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .main import run_operator
 
     return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, health_port=args.health_port,
-                        metrics_port=args.metrics_port,
+                        metrics_port=args.metrics_port, progress_interval=args.progress_interval,
                         cluster_domain=args.cluster_domain, log_format=args.log_format, verbose=args.verbose)
 
 
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)")
     run.add_argument("--health-port", type=int, default=8080, help="liveness endpoint port (0 disables)")
     run.add_argument("--metrics-port", type=int, default=8081, help="Prometheus /metrics port (0 disables)")
+    run.add_argument("--progress-interval", type=float, default=15.0,
+                     help="seconds between reads of rank 0's training metrics for the job status (0 disables)")
     run.add_argument("--cluster-domain", default="cluster.local")
     run.add_argument("--log-format", choices=["json", "plain"], default="json")
     run.add_argument("-v", "--verbose", action="store_true")

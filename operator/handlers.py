@@ -60,4 +60,6 @@ def pod_event(body, namespace, labels, type, **_) -> None:
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # optional: no finalizer, deletion never waits for us
 def job_deleted(namespace, name, logger, **_) -> None:
     metrics.record_phase(namespace, name, None)
+    if _reconciler is not None and _reconciler.scraper is not None:
+        _reconciler.scraper.forget((namespace, name))
     logger.info("job %s deleted; its children go with it (owner references)", name)

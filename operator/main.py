@@ -10,6 +10,7 @@ from kubernetes import config as kube_config
 
 from . import handlers
 from .kube import Kube
+from .progress import ProgressScraper
 from .reconcile import Reconciler
 from .render import RenderContext
 
@@ -37,13 +38,16 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
 
 
 def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: int, metrics_port: int, cluster_domain: str,
-                 log_format: str = "json", verbose: bool = False) -> int:
+                 progress_interval: float = 15.0, log_format: str = "json", verbose: bool = False) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL)
     load_kube_config()
     from .ssh_keys import generate_job_keys
 
-    handlers.install(Reconciler(kube=Kube(), ctx=RenderContext(cluster_domain=cluster_domain),
-                                emit=handlers.post_event, generate_ssh_keys=generate_job_keys))
+    scraper = ProgressScraper(progress_interval, on_change=handlers.reconcile_by_name) if progress_interval > 0 else None
+    handlers.install(Reconciler(kube=Kube(), ctx=RenderContext(cluster_domain=cluster_domain), emit=handlers.post_event,
+                                generate_ssh_keys=generate_job_keys, scraper=scraper))
+    if scraper is not None:
+        scraper.start()
 
     if metrics_port:
         prometheus_client.start_http_server(metrics_port)

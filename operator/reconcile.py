@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .api import SpecError, parse_job
 from .kube import Kube
+from .progress import ProgressScraper
 from .render import RenderContext, render_children
 from .render.names import ssh_secret_name
 from .status import Event, Observation, node_rank, observe, set_condition, status_changed
@@ -33,6 +34,7 @@ class Reconciler:
     ctx: RenderContext
     emit: EventSink
     generate_ssh_keys: Callable[[], dict[str, str]]
+    scraper: ProgressScraper | None = None
 
     def reconcile(self, body: dict[str, Any]) -> Observation | None:
         meta = body["metadata"]
@@ -46,7 +48,10 @@ class Reconciler:
         if previous.get("phase") not in ("Succeeded", "Failed", "Running"):
             self._create_children(job, body)
 
-        observation = observe(job, meta.get("generation"), self.kube.list_job_pods(namespace, name), previous, utcnow())
+        pods = self.kube.list_job_pods(namespace, name)
+        reported = self.scraper.latest((namespace, name)) if self.scraper else None
+        observation = observe(job, meta.get("generation"), pods, previous, utcnow(), reported)
+        self._follow_progress(job, pods, observation)
         if status_changed(previous, observation.status):
             self.kube.patch_job_status(namespace, name, observation.status)
         for event in observation.events:
@@ -68,6 +73,18 @@ class Reconciler:
         if created:
             log.info("created %s", ", ".join(created), extra={"job": job.metadata.name})
             self.emit(body, Event("Normal", "Created", "created " + ", ".join(created)))
+
+    def _follow_progress(self, job, pods: list[dict], observation: Observation) -> None:
+        """While the job runs, read rank 0's metrics (worker 0 hosts global rank 0)."""
+        if self.scraper is None:
+            return
+        key = (job.metadata.namespace, job.metadata.name)
+        rank0_ip = next((p.get("status", {}).get("podIP") for p in pods if node_rank(p) == 0), None)
+        if observation.status.get("phase") == "Running" and rank0_ip:
+            host = f"[{rank0_ip}]" if ":" in rank0_ip else rank0_ip
+            self.scraper.watch(key, f"http://{host}:{job.spec.monitoring.port}/metrics")
+        else:
+            self.scraper.forget(key)
 
     def _clean_up_pods(self, job) -> None:
         policy = job.spec.run_policy.clean_pod_policy

@@ -7,14 +7,12 @@ status and the operator writes nothing.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .api import LLMTrainingJob
 from .render.names import NODE_RANK_LABEL, TRAINER_CONTAINER
 
-PROGRESS_ANNOTATION = "llmtraining.dev/progress"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
@@ -70,28 +68,18 @@ def failure_of(pod: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in failure.items() if v is not None}
 
 
-def _progress(job: LLMTrainingJob, pods: list[Mapping[str, Any]], previous: Mapping[str, Any] | None) -> tuple[dict | None, dict | None]:
-    """Training progress that rank 0's trainer publishes as a JSON annotation on its pod."""
+def _progress(job: LLMTrainingJob, reported: Mapping[str, Any] | None, previous: Mapping[str, Any] | None) -> tuple[dict, dict | None]:
+    """Progress as last read from rank 0's metrics (see progress.py); the previous one until then."""
     total = job.spec.training.steps
-    progress = dict(previous or {}) or None
+    if not reported:
+        return dict(previous or {"step": 0}, totalSteps=total, stepOfTotal=f"{(previous or {}).get('step', 0)}/{total}"), None
+    step = int(reported.get("step", 0))
+    progress = {"step": step, "totalSteps": total, "stepOfTotal": f"{step}/{total}"}
+    progress.update({k: reported[k] for k in ("loss", "tokensPerSecond", "mfu") if k in reported})
     checkpoint = None
-    for pod in pods:
-        raw = (pod["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION)
-        if node_rank(pod) != 0 or not raw:
-            continue
-        try:
-            reported = json.loads(raw)
-        except ValueError:
-            continue
-        step = int(reported.get("step", 0))
-        progress = {"step": step, "totalSteps": total, "stepOfTotal": f"{step}/{total}"}
-        for key in ("loss", "tokensPerSecond", "mfu"):
-            if isinstance(reported.get(key), (int, float)):
-                progress[key] = reported[key]
-        if isinstance(reported.get("lastCheckpoint"), dict):
-            checkpoint = reported["lastCheckpoint"]
-    if progress is None:
-        progress = {"step": 0, "totalSteps": total, "stepOfTotal": f"0/{total}"}
+    if reported.get("lastCheckpointStep"):
+        ckpt_step = int(reported["lastCheckpointStep"])
+        checkpoint = {"step": ckpt_step, "tag": f"global_step{ckpt_step}", "path": f"{job.spec.checkpoint.mount_path}/global_step{ckpt_step}"}
     return progress, checkpoint
 
 
@@ -113,7 +101,9 @@ def set_condition(conditions: list[dict], type_: str, status: str, reason: str, 
     return status == "True"
 
 
-def observe(job: LLMTrainingJob, generation: int | None, pods: Iterable[Mapping[str, Any]], previous: Mapping[str, Any] | None, now: str) -> Observation:
+def observe(job: LLMTrainingJob, generation: int | None, pods: Iterable[Mapping[str, Any]], previous: Mapping[str, Any] | None, now: str,
+            reported: Mapping[str, Any] | None = None) -> Observation:
+    """reported: rank 0's latest training metrics, if the operator could read them."""
     previous = dict(previous or {})
     pods = sorted((p for p in pods if not p["metadata"].get("deletionTimestamp")), key=node_rank)
     nodes = job.spec.nodes
@@ -130,7 +120,7 @@ def observe(job: LLMTrainingJob, generation: int | None, pods: Iterable[Mapping[
     status["startTime"] = previous.get("startTime") or (now if pods else None)
     status["completionTime"] = previous.get("completionTime")
     status["failure"] = previous.get("failure")
-    status["progress"], checkpoint = _progress(job, pods, previous.get("progress"))
+    status["progress"], checkpoint = _progress(job, reported, previous.get("progress"))
     status["lastCheckpoint"] = checkpoint or previous.get("lastCheckpoint")
 
     def transition(type_: str, cond_status: str, reason: str, message: str, event_type: str = "Normal") -> None:

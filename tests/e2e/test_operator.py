@@ -50,7 +50,7 @@ class OperatorProcess:
         self.log_path = self.log_dir / f"operator-{self.starts}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(self.health_port), "--log-format", "plain", "--metrics-port", "0", "-v"],
+            [sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(self.health_port), "--log-format", "plain", "--metrics-port", "0", "--progress-interval", "1", "-v"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
         )
         self.cp.wait_for(self.healthy, timeout=60, what=f"operator liveness endpoint (log: {self.log_path})")
@@ -227,13 +227,29 @@ def test_job_runs_on_gpu_nodes(control_plane, operator, namespace):
     events = cp.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=gang")["items"]
     assert {"Created", "AllWorkersRunning"} <= {e["reason"] for e in events}
 
-    # progress reported by rank 0 shows up in the status and the printer columns
-    report = json.dumps({"step": 4, "loss": 3.25, "tokensPerSecond": 1000.0})
-    cp.kubectl("-n", namespace, "annotate", "pod", "gang-worker-0", f"llmtraining.dev/progress={report}")
-    cp.wait_for(lambda: get_job(cp, namespace, "gang")["status"].get("progress", {}).get("step") == 4, timeout=30, what="progress")
-    table = cp.kubectl("get", "ltj", "gang", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "NODES", "STEP", "LOSS", "AGE"]
-    assert table[1].split()[:5] == ["gang", "Running", "2/2", "4/10", "3.25"]
+    # rank 0's training metrics reach the status and the printer columns: serve the trainer's own
+    # metrics registry at worker 0's (fake, loopback-range) pod IP, where the operator scrapes it
+    from prometheus_client import start_http_server
+
+    from llm_trainer.metrics import Metrics
+
+    pod_ip = cp.get_json("pod", "gang-worker-0", "-n", namespace)["status"]["podIP"]
+    metrics = Metrics(port=None, info={"model": "tiny"})
+    metrics.step.set(4)
+    metrics.loss.set(3.25)
+    metrics.tokens_per_second.set(1000.0)
+    metrics.last_checkpoint_step.set(2)
+    server, thread = start_http_server(9090, addr=pod_ip, registry=metrics.registry)
+    try:
+        job = cp.wait_for(lambda: (j := get_job(cp, namespace, "gang"))["status"].get("progress", {}).get("step") == 4 and j,
+                          timeout=30, what="progress from rank 0's metrics")
+        assert job["status"]["progress"]["tokensPerSecond"] == 1000.0
+        assert job["status"]["lastCheckpoint"]["step"] == 2
+        table = cp.kubectl("get", "ltj", "gang", "-n", namespace).stdout.splitlines()
+        assert table[0].split() == ["NAME", "PHASE", "NODES", "STEP", "LOSS", "AGE"]
+        assert table[1].split()[:5] == ["gang", "Running", "2/2", "4/10", "3.25"]
+    finally:
+        server.shutdown()
 
 
 def test_job_succeeds_when_all_workers_exit_zero(control_plane, operator, namespace):

@@ -1,7 +1,5 @@
 """Job status from pods: phases, conditions, failure, progress; and a reconcile against a fake API."""
 
-import json
-
 import pytest
 
 from llm_operator.api import parse_job
@@ -12,7 +10,7 @@ from llm_operator.status import observe
 T0, T1, T2 = "2026-11-27T10:00:00Z", "2026-11-27T10:05:00Z", "2026-11-27T11:00:00Z"
 
 
-def pod(rank, phase="Pending", ready=False, exit_code=None, reason=None, annotations=None, job="demo"):
+def pod(rank, phase="Pending", ready=False, exit_code=None, reason=None, job="demo"):
     status = {"phase": phase}
     if ready:
         status["conditions"] = [{"type": "Ready", "status": "True"}]
@@ -21,7 +19,7 @@ def pod(rank, phase="Pending", ready=False, exit_code=None, reason=None, annotat
             {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error")}}}
         ]
     return {
-        "metadata": {"name": f"{job}-worker-{rank}", "labels": {"llmtraining.dev/node-rank": str(rank)}, "annotations": annotations or {}},
+        "metadata": {"name": f"{job}-worker-{rank}", "labels": {"llmtraining.dev/node-rank": str(rank)}},
         "spec": {"nodeName": f"gpu-node-{rank}"},
         "status": status,
     }
@@ -103,17 +101,18 @@ def test_ssh_mode_succeeds_when_the_launcher_does(manifest):
     assert status["phase"] == "Succeeded"
 
 
-def test_progress_comes_from_rank_zero(job):
-    report = {"step": 7, "loss": 2.5, "tokensPerSecond": 1234.5, "mfu": 0.41, "lastCheckpoint": {"step": 5, "tag": "global_step5"}}
-    pods = [pod(0, "Running", True, annotations={"llmtraining.dev/progress": json.dumps(report)}), pod(1, "Running", True)]
-    status = observe(job, 1, pods, None, T0).status
+def test_progress_is_what_rank_zero_reported(job):
+    reported = {"step": 7, "loss": 2.5, "tokensPerSecond": 1234.5, "mfu": 0.41, "lastCheckpointStep": 5}
+    status = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], None, T0, reported).status
     assert status["progress"] == {"step": 7, "totalSteps": 10, "stepOfTotal": "7/10", "loss": 2.5, "tokensPerSecond": 1234.5, "mfu": 0.41}
-    assert status["lastCheckpoint"] == {"step": 5, "tag": "global_step5"}
+    assert status["lastCheckpoint"] == {"step": 5, "tag": "global_step5", "path": "/checkpoints/global_step5"}
+    # nothing new reported (e.g. after an operator restart): the last known progress stays
+    again = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], status, T1).status
+    assert again["progress"] == status["progress"] and again["lastCheckpoint"] == status["lastCheckpoint"]
 
 
-def test_garbled_progress_is_ignored(job):
-    pods = [pod(0, "Running", True, annotations={"llmtraining.dev/progress": "{not json"}), pod(1, "Running", True)]
-    assert observe(job, 1, pods, None, T0).status["progress"]["step"] == 0
+def test_no_progress_yet(job):
+    assert observe(job, 1, [], None, T0).status["progress"] == {"step": 0, "totalSteps": 10, "stepOfTotal": "0/10"}
 
 
 class FakeKube:
