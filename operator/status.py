@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .api import LLMTrainingJob
-from .render.names import NODE_RANK_LABEL, TRAINER_CONTAINER
+from .render.names import NODE_RANK_LABEL, TRAINER_CONTAINER, checkpoint_dir
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
@@ -79,7 +79,7 @@ def _progress(job: LLMTrainingJob, reported: Mapping[str, Any] | None, previous:
     checkpoint = None
     if reported.get("lastCheckpointStep"):
         ckpt_step = int(reported["lastCheckpointStep"])
-        checkpoint = {"step": ckpt_step, "tag": f"global_step{ckpt_step}", "path": f"{job.spec.checkpoint.mount_path}/global_step{ckpt_step}"}
+        checkpoint = {"step": ckpt_step, "tag": f"global_step{ckpt_step}", "path": f"{checkpoint_dir(job)}/global_step{ckpt_step}"}
     return progress, checkpoint
 
 

@@ -42,9 +42,9 @@ EXIT_USAGE = 2
 EXIT_PEERS = 3
 EXIT_SSH = 4
 
-MARKER_ENV = "LLMTRAIN_MARKER_DIR"
-COMPLETE_MARKER = "complete.json"  # same names as trainer/markers.py (not imported: it pulls in torch)
-PREEMPTED_MARKER = "preempted.json"
+from .markers import COMPLETE as COMPLETE_MARKER
+from .markers import MARKER_DIR_ENV as MARKER_ENV
+from .markers import PREEMPTED as PREEMPTED_MARKER
 DS_ENV_FILE = "DS_ENV_FILE"
 DS_LAUNCH_MODULE = "deepspeed.launcher.launch"  # DeepSpeed's per-node launcher; its children are the ranks
 TERMINATION_MESSAGE_MAX = 4096

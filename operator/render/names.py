@@ -47,6 +47,11 @@ def worker_fqdn(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> str:
     return f"{worker_name(job, rank)}.{service_name(job)}.{job.metadata.namespace}.svc.{ctx.cluster_domain}"
 
 
+def checkpoint_dir(job: LLMTrainingJob) -> str:
+    """Where the trainer keeps checkpoint tags: <output dir>/checkpoints, the output dir being the mount."""
+    return f"{job.spec.checkpoint.mount_path}/checkpoints"
+
+
 def selector_labels(job: LLMTrainingJob) -> dict[str, str]:
     return {JOB_NAME_LABEL: job.metadata.name}
 

@@ -11,6 +11,7 @@ from .names import (
     SSH_MOUNT,
     TRAINER_CONTAINER,
     RenderContext,
+    checkpoint_dir,
     config_map_name,
     object_meta,
     service_name,
@@ -43,6 +44,7 @@ def deepspeed_command(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> lis
         "--job", JOB_FILE,
         "--deepspeed-config", DS_CONFIG_FILE,
         "--output-dir", spec.checkpoint.mount_path,
+        "--checkpoint-dir", checkpoint_dir(job),
     ]
     return cmd
 

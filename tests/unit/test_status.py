@@ -105,7 +105,7 @@ def test_progress_is_what_rank_zero_reported(job):
     reported = {"step": 7, "loss": 2.5, "tokensPerSecond": 1234.5, "mfu": 0.41, "lastCheckpointStep": 5}
     status = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], None, T0, reported).status
     assert status["progress"] == {"step": 7, "totalSteps": 10, "stepOfTotal": "7/10", "loss": 2.5, "tokensPerSecond": 1234.5, "mfu": 0.41}
-    assert status["lastCheckpoint"] == {"step": 5, "tag": "global_step5", "path": "/checkpoints/global_step5"}
+    assert status["lastCheckpoint"] == {"step": 5, "tag": "global_step5", "path": "/checkpoints/checkpoints/global_step5"}
     # nothing new reported (e.g. after an operator restart): the last known progress stays
     again = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], status, T1).status
     assert again["progress"] == status["progress"] and again["lastCheckpoint"] == status["lastCheckpoint"]

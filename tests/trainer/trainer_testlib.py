@@ -1,0 +1,108 @@
+"""Helpers for the trainer tests: tiny job manifests, and CPU ranks started as DeepSpeed's launcher starts them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from llm_trainer.cli import free_port  # noqa: F401  (re-exported for the tests)
+
+REPO = Path(__file__).resolve().parents[2]
+
+BASE_JOB: dict[str, Any] = {
+    "apiVersion": "llmtraining.dev/v1alpha1",
+    "kind": "LLMTrainingJob",
+    "metadata": {"name": "t"},
+    "spec": {
+        "image": "trainer:test",
+        "accelerator": "cpu",
+        "nodes": 1,
+        "slotsPerNode": 2,
+        "model": {"preset": "tiny", "seqLen": 32},
+        "data": {"format": "synthetic"},
+        "training": {"steps": 30, "microBatchSize": 2, "globalBatchSize": 8, "precision": "fp32", "zeroStage": 1,
+                     "learningRate": 0.01, "warmupSteps": 3, "logIntervalSteps": 1, "compile": False, "seed": 7},
+        "checkpoint": {"intervalSteps": 10, "keep": 2},
+    },
+}
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in changes.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def write_job(directory: Path, changes: Optional[dict] = None, name: str = "job.yaml") -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump(deep_update(BASE_JOB, changes or {})))
+    return path
+
+
+def rank_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", LLMTRAIN_METRICS_PORT="0")
+    env.pop("LLMTRAIN_MARKER_DIR", None)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Run:
+    codes: list[int]
+    out: Path
+    logs: list[Path]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.out / "summary.json").read_text())
+
+    @property
+    def losses(self) -> dict[int, float]:
+        return {r["step"]: r["loss"] for r in self.summary["losses"]}
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:]) for p in self.logs)
+
+
+def start_ranks(job: Path, out: Path, world: int = 2, args: tuple[str, ...] = (), env: Optional[dict] = None):
+    """Start `world` worker processes with the env DeepSpeed's launch.py gives them (one node)."""
+    out.mkdir(parents=True, exist_ok=True)
+    port = str(free_port())
+    procs, logs = [], []
+    attempt = len(list(out.glob("run*-rank0.log")))  # a resumed run keeps the earlier run's logs
+    for rank in range(world):
+        log = out / f"run{attempt}-rank{rank}.log"
+        e = rank_env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_SIZE=str(world),
+                     CROSS_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **(env or {}))
+        cmd = [sys.executable, "-u", "-m", "llm_trainer.worker", f"--local_rank={rank}", "--job", str(job),
+               "--output-dir", str(out), *args]
+        with open(log, "w") as f:
+            procs.append(subprocess.Popen(cmd, env=e, stdout=f, stderr=subprocess.STDOUT, cwd=REPO))
+        logs.append(log)
+    return procs, logs
+
+
+def run_ranks(job: Path, out: Path, world: int = 2, args: tuple[str, ...] = (), env: Optional[dict] = None,
+              timeout: float = 240) -> Run:
+    procs, logs = start_ranks(job, out, world, args, env)
+    deadline = time.monotonic() + timeout
+    codes = []
+    try:
+        for p in procs:
+            codes.append(p.wait(timeout=max(1, deadline - time.monotonic())))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return Run(codes, out, logs)

@@ -1,0 +1,184 @@
+"""Hugging Face model directories on disk: read (config.json + safetensors) and write, no transformers needed.
+
+gpt   <-> GPT2LMHeadModel  (model_type gpt2): Conv1D weights are stored (in, out), so Linear weights are transposed.
+llama <-> LlamaForCausalLM (model_type llama): same layout as nn.Linear, rotate-half RoPE, so no permutation.
+
+Exported directories hold config.json and model.safetensors (or shards plus model.safetensors.index.json), with
+safetensors metadata {"format": "pt"} and tied lm_head.weight left out, as save_pretrained writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .model import ModelConfig
+
+GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+GPT2_TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+SHARD_BYTES = 5 * 2**30
+
+
+# ------------------------------------------------------------------------------------------- read
+def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(path) / "config.json").read_text())
+
+
+def config_from_hf(hf: Mapping[str, Any], *, seq_len: Optional[int] = None,
+                   activation_checkpointing: bool = False) -> ModelConfig:
+    """Our ModelConfig for a HF config.json; seq_len defaults to min(context length, 1024) (gpt) / 2048 (llama)."""
+    model_type = hf.get("model_type")
+    if model_type == "gpt2":
+        act = hf.get("activation_function", "gelu_new")
+        if act not in GPT2_TANH_GELU:
+            raise ValueError(f"gpt2 activation_function {act!r} is not supported (only tanh GELU: {GPT2_TANH_GELU})")
+        d, positions = hf["n_embd"], hf.get("n_positions", 1024)
+        seq = seq_len or min(positions, 1024)
+        if seq > positions:
+            raise ValueError(f"model.seqLen {seq} exceeds the checkpoint's n_positions {positions}")
+        return ModelConfig(architecture="gpt", n_layers=hf["n_layer"], d_model=d, n_heads=hf["n_head"],
+                           n_kv_heads=hf["n_head"], ffn_hidden=hf.get("n_inner") or 4 * d, seq_len=seq,
+                           vocab_size=hf["vocab_size"], tie_embeddings=hf.get("tie_word_embeddings", True),
+                           norm_eps=hf.get("layer_norm_epsilon", 1e-5), max_positions=positions if positions != seq else None,
+                           activation_checkpointing=activation_checkpointing)
+    if model_type == "llama":
+        d, heads = hf["hidden_size"], hf["num_attention_heads"]
+        if hf.get("head_dim", d // heads) != d // heads:
+            raise ValueError(f"llama head_dim {hf['head_dim']} != hidden_size / num_attention_heads is not supported")
+        if hf.get("attention_bias") or hf.get("mlp_bias"):
+            raise ValueError("llama checkpoints with attention_bias or mlp_bias are not supported")
+        rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+        theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "llama3"):
+            raise ValueError(f"llama rope_type {rope_type!r} is not supported (default, llama3)")
+        return ModelConfig(architecture="llama", n_layers=hf["num_hidden_layers"], d_model=d, n_heads=heads,
+                           n_kv_heads=hf.get("num_key_value_heads", heads), ffn_hidden=hf["intermediate_size"],
+                           seq_len=seq_len or min(hf.get("max_position_embeddings", 2048), 2048),
+                           vocab_size=hf["vocab_size"], tie_embeddings=hf.get("tie_word_embeddings", False),
+                           norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
+                           rope_scaling=rope if rope_type == "llama3" else None,
+                           activation_checkpointing=activation_checkpointing)
+    raise ValueError(f"unsupported model_type {model_type!r} in config.json (gpt2, llama)")
+
+
+def read_hf_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(str(path / name)))
+    return state
+
+
+def load_hf_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Copy a HF checkpoint's weights into a Decoder built with config_from_hf(...)."""
+    cfg: ModelConfig = model.cfg
+    ours = model.state_dict()
+    loaded = {}
+    for key, tensor in read_hf_state_dict(path).items():
+        if cfg.architecture == "gpt":
+            if key.endswith((".attn.bias", ".attn.masked_bias")):
+                continue  # old causal-mask buffers
+            if not key.startswith(("transformer.", "lm_head.")):
+                key = "transformer." + key  # the original gpt2 checkpoints have no prefix
+            if key.endswith(GPT2_CONV1D):
+                tensor = tensor.t()
+        if key in ours:
+            loaded[key] = tensor
+    if cfg.tie_embeddings:
+        loaded.pop("lm_head.weight", None)
+    expected = {k for k in ours if not (cfg.tie_embeddings and k == "lm_head.weight")}
+    missing, unexpected = expected - loaded.keys(), loaded.keys() - expected
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match the model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    with torch.no_grad():
+        for key, tensor in loaded.items():
+            if ours[key].shape != tensor.shape:
+                raise ValueError(f"{path}: {key} has shape {tuple(tensor.shape)}, model expects {tuple(ours[key].shape)}")
+            ours[key].copy_(tensor)
+
+
+# ------------------------------------------------------------------------------------------ write
+def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    dtype_name = str(dtype).removeprefix("torch.")
+    if cfg.architecture == "gpt":
+        return {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": cfg.vocab_size, "n_positions": cfg.max_positions or cfg.seq_len, "n_embd": cfg.d_model,
+            "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_inner": cfg.ffn_hidden,
+            "activation_function": "gelu_new", "layer_norm_epsilon": cfg.norm_eps,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "initializer_range": 0.02,
+            "scale_attn_weights": True, "use_cache": True, "tie_word_embeddings": cfg.tie_embeddings,
+            "torch_dtype": dtype_name, "dtype": dtype_name,
+        }
+    scaling = {k: v for k, v in (cfg.rope_scaling or {}).items() if k not in ("rope_theta", "type", "rope_type")}
+    if scaling:
+        scaling["rope_type"] = "llama3"
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.ffn_hidden,
+        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu",
+        "max_position_embeddings": cfg.seq_len, "rms_norm_eps": cfg.norm_eps,
+        # transformers < 5 reads rope_theta / rope_scaling, transformers >= 5 reads rope_parameters
+        "rope_theta": cfg.rope_theta, "rope_scaling": scaling or None,
+        "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default", **scaling}, "attention_bias": False, "mlp_bias": False, "initializer_range": 0.02,
+        "tie_word_embeddings": cfg.tie_embeddings, "use_cache": True, "torch_dtype": dtype_name, "dtype": dtype_name,
+    }
+
+
+def to_hf_state_dict(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict in HF naming: contiguous CPU tensors, tied head left out, GPT-2 Conv1D weights transposed."""
+    out = {}
+    for key, tensor in state.items():
+        if cfg.tie_embeddings and key == "lm_head.weight":
+            continue
+        tensor = tensor.detach().cpu()
+        if cfg.architecture == "gpt" and key.endswith(GPT2_CONV1D):
+            tensor = tensor.t()
+        out[key] = tensor.contiguous().clone()
+    return out
+
+
+def save_hf_model(cfg: ModelConfig, state: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                  shard_bytes: int = SHARD_BYTES) -> Path:
+    """Write a HF model directory (written to path.tmp-<pid>, then renamed into place)."""
+    path = Path(path)
+    tensors = to_hf_state_dict(cfg, state)
+    dtype = next(iter(tensors.values())).dtype
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "config.json").write_text(json.dumps(hf_config(cfg, dtype), indent=2) + "\n")
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(tmp / name), metadata={"format": "pt"})
+            weight_map.update({key: name for key in shard})
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+    if path.exists():
+        import shutil
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,65 @@
+"""Files through which the ranks tell `llm-train launch` (and the operator) how training ended.
+
+    $LLMTRAIN_MARKER_DIR (default <output_dir>/markers), written by local rank 0 of every node:
+      complete.json   {"step": N, ...}  after the final step, the final checkpoint, the model export and a
+                                        barrier of all ranks: training finished on every rank.
+      preempted.json  {"step": N, "tag": T, "reason": "SIGTERM"}  after a stop request (SIGTERM/SIGINT or
+                                        --stop-at-step) was saved as checkpoint T; ranks then exit 0.
+    Neither file after the DeepSpeed runner exited (even with code 0: a rank killed by a signal, e.g. the OOM
+    killer, is not reported as a failure by the runner) means the run failed. Both are removed at start.
+
+    <output_dir>/progress.json, replaced atomically at every log interval and checkpoint by local rank 0 of
+    every node: {"step", "totalSteps", "loss", "tokensPerSecond", "mfu", "lastCheckpoint", "time"}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+
+MARKER_DIR_ENV = "LLMTRAIN_MARKER_DIR"
+COMPLETE = "complete.json"
+PREEMPTED = "preempted.json"
+PROGRESS = "progress.json"
+
+
+def marker_dir(output_dir: str | os.PathLike) -> Path:
+    return Path(os.environ.get(MARKER_DIR_ENV) or Path(output_dir) / "markers")
+
+
+def clear(directory: Path) -> None:
+    for name in (COMPLETE, PREEMPTED):
+        (directory / name).unlink(missing_ok=True)
+
+
+def write(directory: Path, name: str, content: dict[str, Any]) -> None:
+    atomic_write(directory / name, json.dumps(content) + "\n")
+
+
+def read(directory: Path, name: str) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads((directory / name).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write then rename, fsynced: readers see the old or the new content, never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.uname().nodename}-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass

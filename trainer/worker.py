@@ -1,0 +1,362 @@
+"""One rank of a training job: `python -m llm_trainer.worker --job JOB.yaml --output-dir DIR`.
+
+Started by DeepSpeed's launcher (which adds --local_rank and sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT), either by `llm-train run` on one machine or by `llm-train launch` in every worker pod.
+
+The loop, in Trainer.run():  setup -> resume -> [train_step -> log -> checkpoint -> stop?]* -> finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from llm_operator.api import load_job_file
+from llm_operator.api.deepspeed_config import build_deepspeed_config
+from llm_operator.api.v1alpha1 import LLMTrainingJob, LLMTrainingJobSpec
+
+from . import markers
+from .checkpoint import COMPLETE, CheckpointManager, Preemption
+from .data import build_loader, build_source, data_path
+from .engine import Dist, build_engine, init_distributed
+from .hf import config_from_hf, load_hf_weights, read_hf_config, save_hf_model
+from .metrics import Metrics, Progress, log_json, metrics_port, peak_flops
+from .model import ModelConfig, build_model, count_params, flops_per_token
+
+SUMMARY = "summary.json"
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="llm_trainer.worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--job", required=True, help="LLMTrainingJob manifest (in the cluster: /etc/llmtraining/job.yaml)")
+    p.add_argument("--output-dir", required=True, help="progress.json, summary.json, markers/, model/, data cache")
+    p.add_argument("--checkpoint-dir", help="checkpoints (default: <output-dir>/checkpoints)")
+    p.add_argument("--deepspeed-config", help="use this rendered DeepSpeed config (ds_config.json) instead of building it")
+    p.add_argument("--export-dir", help="final model as a Hugging Face directory (default: <output-dir>/model)")
+    p.add_argument("--stop-at-step", type=int, help="save a checkpoint and stop (like SIGTERM) after this step")
+    p.add_argument("--progress", action="store_true", help="tqdm progress bar on rank 0 (stderr)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # from deepspeed
+    return p.parse_args(argv)
+
+
+def effective_accelerator(spec: LLMTrainingJobSpec) -> str:
+    """cpu if the spec says so or DS_ACCELERATOR=cpu; gpu needs CUDA."""
+    if spec.accelerator == "cpu" or os.environ.get("DS_ACCELERATOR") == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError("spec.accelerator is gpu but CUDA is not available (set DS_ACCELERATOR=cpu to run on CPU)")
+    return "gpu"
+
+
+def fit_to_world(spec: LLMTrainingJobSpec, world_size: int) -> LLMTrainingJobSpec:
+    """Same global batch on a different number of ranks (a local run with --ranks): more or fewer accumulation steps."""
+    if world_size == spec.world_size:
+        return spec
+    _, _, global_batch = spec.batch_plan()
+    training = spec.training.model_copy(update={"global_batch_size": global_batch})
+    fitted = spec.model_copy(update={"nodes": 1, "slots_per_node": world_size, "training": training})
+    try:
+        fitted.batch_plan()
+    except ValueError as exc:
+        raise ValueError(f"cannot run the job on {world_size} ranks instead of nodes × slotsPerNode = "
+                         f"{spec.world_size}: {exc}") from None
+    return fitted
+
+
+def model_config(spec: LLMTrainingJobSpec) -> ModelConfig:
+    m, ckpt = spec.model, spec.training.activation_checkpointing
+    if m.hugging_face_path:
+        return config_from_hf(read_hf_config(m.hugging_face_path), seq_len=m.seq_len, activation_checkpointing=ckpt)
+    return ModelConfig.from_resolved(m.resolved(), activation_checkpointing=ckpt)
+
+
+class Trainer:
+    def __init__(self, job: LLMTrainingJob, args: argparse.Namespace, dist: Dist, spec: LLMTrainingJobSpec):
+        self.job, self.args, self.dist, self.spec = job, args, dist, spec
+        self.t = spec.training
+        self.out = Path(args.output_dir)
+        self.total = self.t.steps
+        self.step = 0
+        self.initial_loss: Optional[float] = None
+        self.resumed_from: Optional[str] = None
+        self.last_checkpoint: Optional[dict[str, Any]] = None
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------------------- setup
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+    def setup(self) -> None:
+        d, spec, t = self.dist, self.spec, self.t
+        self.marker_dir = markers.marker_dir(self.out)
+        if d.is_node_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.marker_dir.mkdir(parents=True, exist_ok=True)
+            markers.clear(self.marker_dir)
+        torch.manual_seed(t.seed)
+
+        self.cfg = model_config(spec)
+        model = build_model(self.cfg, seed=t.seed, device=d.device)
+        if spec.model.hugging_face_path:
+            load_hf_weights(model, spec.model.hugging_face_path)
+        if self.args.deepspeed_config:
+            self.ds_config = json.loads(Path(self.args.deepspeed_config).read_text())
+        else:
+            self.ds_config = build_deepspeed_config(spec)
+        self.engine, self.scheduler = build_engine(model, self.ds_config, t, d)
+        self.micro, self.accumulation, self.global_batch = spec.batch_plan()
+        self.tokens_per_step = self.global_batch * self.cfg.seq_len
+
+        source = build_source(spec.data, self.cfg.vocab_size, self.cfg.seq_len, t.seed, self.out / "data-cache",
+                              tokenize_here=d.is_node_main, barrier=self.barrier)
+        self.loader = build_loader(source, seed=t.seed, rank=d.rank, world_size=d.world_size,
+                                   micro_batch=self.micro, device=d.device, vocab_size=self.cfg.vocab_size)
+
+        self.checkpoints = CheckpointManager(self.args.checkpoint_dir or self.out / "checkpoints",
+                                             spec.checkpoint.keep, d.rank, self.barrier)
+        self.preemption = Preemption(group=torch.distributed.new_group(backend="gloo"))
+
+        import deepspeed
+
+        self.flops_per_token = flops_per_token(self.cfg)
+        self.peak = peak_flops(spec.monitoring.peak_tflops, d.device.type)
+        info = {"job": self.job.metadata.name, "model": spec.model.preset or spec.model.hugging_face_path or self.cfg.architecture,
+                "architecture": self.cfg.architecture, "parameters": str(count_params(self.cfg)),
+                "world_size": str(d.world_size), "deepspeed_version": deepspeed.__version__,
+                "torch_version": torch.__version__, "zero_stage": str(self.ds_config["zero_optimization"]["stage"]),
+                "precision": t.precision}
+        self.metrics = Metrics(metrics_port(spec.monitoring.port) if d.is_node_main else None, info)
+        self.metrics.total_steps.set(self.total)
+        self.progress = Progress(self.out, self.total) if d.is_node_main else None
+        self.bar = None
+        if self.args.progress and d.is_main:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.job.metadata.name, unit="step", dynamic_ncols=True)
+        if d.is_main:
+            log_json({"event": "start", "job": self.job.metadata.name, "world_size": d.world_size,
+                      "parameters": count_params(self.cfg), "flops_per_token": self.flops_per_token,
+                      "micro_batch": self.micro, "accumulation": self.accumulation, "global_batch": self.global_batch,
+                      "seq_len": self.cfg.seq_len, "zero_stage": info["zero_stage"], "precision": t.precision,
+                      "device": str(d.device)})
+
+    # ------------------------------------------------------------------------------------ resume
+    def resume(self) -> None:
+        self.checkpoints.remove_incomplete()
+        tag = self.checkpoints.resolve(self.spec.checkpoint.resume)
+        tags = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(tags, tag)
+        if len(set(tags)) != 1:
+            raise RuntimeError(f"ranks disagree on the checkpoint to resume from: {tags} (is {self.checkpoints.dir} shared?)")
+        if tag is not None:
+            state = self.checkpoints.load(self.engine, tag)
+            self.step = state["step"]
+            self.loader.load_state_dict(state["data"])
+            self.initial_loss = state.get("initial_loss")
+            self.resumed_from = tag
+            self.last_checkpoint = self.checkpoint_status(tag)
+            self.metrics.last_checkpoint_step.set(self.step)
+            if self.dist.is_main:
+                log_json({"event": "resume", "tag": tag, "step": self.step})
+        self.metrics.step.set(self.step)
+        if self.bar is not None:
+            self.bar.update(self.step)
+        self.interval_loss = torch.zeros((), device=self.dist.device)
+        self.interval_steps = 0
+        self.interval_start = self.run_start = time.perf_counter()
+        self.first_step_done: Optional[float] = None
+        self.start_step = self.step
+
+    # ------------------------------------------------------------------------------------- steps
+    def train_step(self) -> None:
+        """One optimizer step: forward/backward over the accumulation micro-batches. No host sync."""
+        started = time.perf_counter()
+        self.last_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else None  # this step's LR
+        loss_sum = torch.zeros((), device=self.dist.device)
+        for _ in range(self.accumulation):
+            inputs, targets = next(self.loader)
+            loss = self.engine(inputs, targets)
+            self.engine.backward(loss)
+            self.engine.step()  # applies the optimizer (and LR schedule) at the accumulation boundary
+            loss_sum += loss.detach()
+        self.interval_loss += loss_sum / self.accumulation
+        self.interval_steps += 1
+        self.step += 1
+        self.metrics.step_time.observe(time.perf_counter() - started)
+        if self.first_step_done is None:
+            self.first_step_done = time.perf_counter()
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log(self) -> None:
+        """At step 1, every logIntervalSteps and the last step: all-reduce loss and memory, publish."""
+        if not (self.step == 1 or self.step % self.t.log_interval_steps == 0 or self.step == self.total):
+            return
+        dist = torch.distributed
+        loss = self.interval_loss / self.interval_steps
+        dist.all_reduce(loss)
+        loss = loss.item() / self.dist.world_size
+        memory = torch.tensor(float(torch.cuda.max_memory_allocated() if self.dist.device.type == "cuda" else 0),
+                              device=self.dist.device)
+        dist.all_reduce(memory, op=dist.ReduceOp.MAX)
+        now = time.perf_counter()
+        tokens_per_second = self.interval_steps * self.tokens_per_step / (now - self.interval_start)
+        mfu = tokens_per_second * self.flops_per_token / (self.peak * self.dist.world_size) if self.peak else None
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+        lr = self.last_lr
+        if self.initial_loss is None:
+            self.initial_loss = loss
+        record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  "tokens_per_second": tokens_per_second, "step_time": (now - self.interval_start) / self.interval_steps,
+                  "mfu": mfu, "memory_bytes": int(memory.item())}
+        self.history.append({"step": self.step, "loss": loss})
+        self.interval_loss.zero_()
+        self.interval_steps, self.interval_start = 0, time.perf_counter()
+
+        m = self.metrics
+        m.step.set(self.step)
+        m.loss.set(loss)
+        m.tokens_per_second.set(tokens_per_second)
+        m.gpu_memory_bytes.set(record["memory_bytes"])
+        for gauge, value in ((m.learning_rate, lr), (m.grad_norm, grad_norm), (m.mfu, mfu)):
+            if value is not None:
+                gauge.set(value)
+        if self.progress:
+            self.progress.update(step=self.step, loss=loss, tokensPerSecond=tokens_per_second, mfu=mfu)
+        if self.dist.is_main:
+            log_json(record, self.bar)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def checkpoint_due(self) -> bool:
+        every = self.spec.checkpoint.interval_steps
+        return every > 0 and self.step % every == 0 and self.step < self.total
+
+    def stop_requested(self) -> bool:
+        if self.args.stop_at_step is not None and self.step >= self.args.stop_at_step:
+            return True  # every rank knows the step: no agreement needed
+        return self.preemption.should_stop()
+
+    def checkpoint_status(self, tag: str) -> dict[str, Any]:
+        """The job status' lastCheckpoint; its time is when the checkpoint was committed."""
+        complete = self.checkpoints.dir / tag / COMPLETE
+        when = complete.stat().st_mtime if complete.exists() else time.time()
+        return {"step": self.step, "tag": tag, "path": str(self.checkpoints.dir / tag),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))}
+
+    def save(self) -> str:
+        tag = self.checkpoints.save(self.engine, self.step, {
+            "step": self.step, "data": self.loader.state_dict(), "initial_loss": self.initial_loss})
+        self.last_checkpoint = self.checkpoint_status(tag)
+        self.metrics.last_checkpoint_step.set(self.step)
+        if self.progress:
+            self.progress.update(step=self.step, lastCheckpoint=self.last_checkpoint)
+        if self.dist.is_main:
+            log_json({"event": "checkpoint", **self.last_checkpoint}, self.bar)
+        return tag
+
+    def save_final(self) -> str:
+        """A checkpoint of the current step, unless the last one is it (same decision on every rank)."""
+        self.preemption.drain()
+        if self.last_checkpoint and self.last_checkpoint["step"] == self.step:
+            return self.last_checkpoint["tag"]
+        return self.save()
+
+    # ----------------------------------------------------------------------------------- endings
+    def preempt(self) -> int:
+        reason = self.preemption.requested or ("stop-at-step" if self.args.stop_at_step is not None else "peer")
+        tag = self.save_final()  # ends with a barrier: every rank's state is on disk
+        if self.dist.is_node_main:
+            markers.write(self.marker_dir, markers.PREEMPTED, {"step": self.step, "tag": tag, "reason": reason})
+        if self.dist.is_main:
+            log_json({"event": "preempted", "step": self.step, "tag": tag, "reason": reason})
+            self.write_summary(tag, model_dir=None)
+        return 0
+
+    def export(self) -> Optional[Path]:
+        """The trained weights as a Hugging Face model directory (rank 0 writes)."""
+        engine = self.engine
+        if engine.zero_optimization_partition_weights():
+            state = engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0
+        else:
+            state = engine.module.state_dict() if self.dist.is_main else None
+        path = None
+        if self.dist.is_main:
+            path = save_hf_model(self.cfg, state, self.args.export_dir or self.out / "model")
+            if self.spec.data.tokenizer:  # so that the exported directory can be used as is
+                shutil.copy(data_path(self.spec.data, self.spec.data.tokenizer), path / "tokenizer.json")
+        return path
+
+    def finish(self) -> int:
+        tag = self.save_final()
+        model_dir = self.export()
+        self.barrier()  # every rank finished training, checkpointing and exporting
+        if self.dist.is_node_main:
+            markers.write(self.marker_dir, markers.COMPLETE, {"step": self.step, "tag": tag})
+        if self.dist.is_main:
+            self.write_summary(tag, model_dir)
+            log_json({"event": "complete", "step": self.step, "tag": tag, "model": str(model_dir)})
+        return 0
+
+    def write_summary(self, tag: str, model_dir: Optional[Path]) -> None:
+        steps_timed = self.step - self.start_step - 1
+        if steps_timed > 0 and self.first_step_done is not None:  # without the first (warm-up/compile) step
+            tokens_per_second = steps_timed * self.tokens_per_step / (time.perf_counter() - self.first_step_done)
+        else:
+            tokens_per_second = None
+        summary = {"job": self.job.metadata.name, "steps": self.step, "total_steps": self.total,
+                   "initial_loss": self.initial_loss, "final_loss": self.history[-1]["loss"] if self.history else None,
+                   "tokens_per_second": tokens_per_second, "checkpoint": str(self.checkpoints.dir / tag), "tag": tag,
+                   "model": str(model_dir) if model_dir else None, "resumed_from": self.resumed_from,
+                   "world_size": self.dist.world_size, "parameters": count_params(self.cfg),
+                   "flops_per_token": self.flops_per_token, "losses": self.history}
+        (self.out / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+
+    # -------------------------------------------------------------------------------------- loop
+    def run(self) -> int:
+        self.setup()
+        self.resume()
+        try:
+            while self.step < self.total:
+                self.train_step()
+                self.log()
+                if self.checkpoint_due():
+                    self.save()
+                if self.stop_requested():
+                    return self.preempt()
+            return self.finish()
+        finally:
+            self.loader.close()
+            self.metrics.close()
+            if self.bar is not None:
+                self.bar.close()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    job = load_job_file(args.job)
+    accelerator = effective_accelerator(job.spec)
+    dist = init_distributed(accelerator)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    spec = fit_to_world(job.spec, dist.world_size)
+    code = Trainer(job, args, dist, spec).run()
+    torch.distributed.destroy_process_group()
+    return code
+
+
+if __name__ == "__main__":
+    exit_code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)  # every file is written and closed; skip the seconds of torch/DeepSpeed interpreter teardown
