@@ -310,6 +310,7 @@ def test_operator_killed_while_creating_converges_without_duplicates(control_pla
     # Kopf's bookkeeping lives under our annotation prefix
     annotations = job["metadata"].get("annotations", {})
     assert not [k for k in annotations if k.startswith("kopf.zalando.org")]
+    assert not job["metadata"].get("finalizers")  # deleting a job never waits for the operator
 
 
 def test_pods_are_admitted_under_restricted_pod_security(control_plane, operator, namespace):
