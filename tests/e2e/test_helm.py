@@ -13,7 +13,6 @@ release and removed by `helm uninstall`.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -40,13 +39,6 @@ KUSTOMIZE_NAMESPACE = "llm-training-operator"
 def helm(cp: ControlPlane, *args: str, check: bool = True, timeout: float = 180):
     return cp.run("helm", *args, check=check, timeout=timeout)
 
-
-def load_script(name: str):
-    path = REPO / "hack" / name
-    spec = importlib.util.spec_from_file_location(name.replace("-", "_").removesuffix(".py"), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def values_file(tmp_path: Path, **values: Any) -> str:
@@ -202,9 +194,9 @@ def test_non_default_values_pass_server_side_validation(control_plane: ControlPl
         cp.kubectl("delete", "namespace", other, "--wait=false", check=False)
 
 
-def test_kustomize_base(control_plane: ControlPlane):
+def test_kustomize_base(control_plane: ControlPlane, hack_script):
     cp = control_plane
-    gen = load_script("gen-kustomize.py")
+    gen = hack_script("gen-kustomize.py")
     rendered = [o for o in yaml.safe_load_all(cp.kubectl("kustomize", str(REPO / "config" / "default")).stdout) if o]
     key = lambda o: (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])  # noqa: E731
     expected = gen.expected_objects(str(Path(cp.bin_dir) / "helm"))

@@ -7,7 +7,6 @@ a missing helm fails these tests, it never skips them. hadolint comes from the v
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -42,14 +41,6 @@ DOCKERFILE = REPO / "Dockerfile"
 VENV_BIN = Path(sys.executable).parent
 K8S_VERSION = kubernetes_validate.utils.latest_version()  # schemas of the newest Kubernetes it ships
 
-
-def load_script(name: str):
-    """Import a hack/*.py script as a module."""
-    path = REPO / "hack" / name
-    spec = importlib.util.spec_from_file_location(name.replace("-", "_").removesuffix(".py"), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------------------- helm --
@@ -452,8 +443,8 @@ def test_chart_values_doc_is_in_sync():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_chart_values_doc_generator_catches_undocumented_values():
-    gen = load_script("gen-chart-docs.py")
+def test_chart_values_doc_generator_catches_undocumented_values(hack_script):
+    gen = hack_script("gen-chart-docs.py")
     text = (CHART / "values.yaml").read_text()
     documented = gen.parse_descriptions(text)
     assert "image.repository" in documented and "monitoring.podMonitor.enabled" in documented
@@ -473,9 +464,9 @@ def test_kustomize_base_is_in_sync_with_helm_template(helm):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_kustomize_base_objects_equal_the_chart_defaults(helm):
+def test_kustomize_base_objects_equal_the_chart_defaults(helm, hack_script):
     """Object-level comparison, independent of the generator's file layout."""
-    gen = load_script("gen-kustomize.py")
+    gen = hack_script("gen-kustomize.py")
     base = REPO / "config" / "default"
     kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
     assert kustomization["namespace"] == "llm-training-operator"
@@ -737,9 +728,9 @@ BLOCKER = textwrap.dedent('''
 ''')
 
 
-def test_operator_install_runs_without_the_trainer_dependencies(wheel, tmp_path):
+def test_operator_install_runs_without_the_trainer_dependencies(wheel, tmp_path, hack_script):
     """The operator target: the wheel --no-deps plus hack/operator-requirements.py's list, nothing else."""
-    requirements = load_script("operator-requirements.py").operator_requirements(REPO / "pyproject.toml")
+    requirements = hack_script("operator-requirements.py").operator_requirements(REPO / "pyproject.toml")
     names = {canonicalize_name(Requirement(r).name) for r in requirements}
     assert not names & {"torch", "deepspeed", "safetensors", "tokenizers", "tqdm"}
     dists = closure(requirements)
