@@ -300,3 +300,32 @@ def test_render_cli_rejects_too_long_name(tmp_path, manifest):
     result = run_cli("render", "-f", str(path))
     assert result.returncode == 2
     assert "metadata.name is too long" in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["noSsh", "ssh"])
+def test_rendered_commands_parse_with_the_real_entrypoints(manifest, mode):
+    """Contract: what the pods run is accepted, flag for flag, by llm-train launch, deepspeed and the worker."""
+    from deepspeed.launcher.runner import parse_args as deepspeed_parse_args
+
+    from llm_trainer.launch import parse_args as launch_parse_args
+    from llm_trainer.worker import parse_args as worker_parse_args
+
+    manifest["spec"]["launcher"] = {"mode": mode}
+    for pod in pods(render_children(parse_job(manifest), CTX)):
+        command = trainer(pod)["command"]
+        assert command[:2] == ["llm-train", "launch"]
+        launch = launch_parse_args(command[2:])
+        if not launch.command:  # ssh workers 1..N-1 only run sshd
+            assert mode == "ssh" and launch.sshd_only and launch.ssh_secret_dir == "/etc/llmtraining-ssh"
+            continue
+        assert launch.command[0] == "deepspeed"
+        runner = deepspeed_parse_args(launch.command[1:])
+        assert runner.module and runner.user_script == "llm_trainer.worker"
+        worker = worker_parse_args(runner.user_args)
+        assert worker.job == "/etc/llmtraining/job.yaml" and worker.deepspeed_config == "/etc/llmtraining/ds_config.json"
+        assert worker.output_dir == "/checkpoints" and worker.checkpoint_dir == "/checkpoints/checkpoints"
+        assert launch.marker_dir == "/tmp/llmtrain/markers"
+        if mode == "ssh":
+            assert launch.sshd and launch.ssh_secret_dir == "/etc/llmtraining-ssh" and runner.launcher == "pdsh"
+        else:
+            assert runner.no_ssh and runner.node_rank == int(pod["metadata"]["labels"]["llmtraining.dev/node-rank"])
