@@ -1,4 +1,8 @@
-"""Kopf handlers: thin. Every trigger funnels into one reconcile of the job, one at a time per job."""
+"""Kopf handlers: thin. Every trigger funnels into one reconcile of the job, one at a time per job.
+
+No delete handler: owner references let the garbage collector remove a job's children, and a
+reconcile that finds its job gone forgets it (no finalizer ever delays a deletion).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ import kopf
 
 from . import metrics
 from .api import GROUP, PLURAL, VERSION
+from .kube import ForeignChild
 from .reconcile import Reconciler
 from .render.names import JOB_NAME_LABEL
-from .status import Event
 
 _reconciler: Reconciler | None = None
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
@@ -22,16 +26,14 @@ def install(reconciler: Reconciler) -> None:
     _reconciler = reconciler
 
 
-def post_event(body: dict, event: Event) -> None:
-    kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-
-
 def reconcile_by_name(namespace: str, name: str) -> None:
     assert _reconciler is not None, "handlers.install() was not called"
     with _locks[(namespace, name)], metrics.RECONCILE_SECONDS.time():  # pod and job events may race
         body = _reconciler.kube.get_job(namespace, name)  # fresh: an event's copy may be stale
         if body is None:
             metrics.record_phase(namespace, name, None)
+            if _reconciler.scraper is not None:
+                _reconciler.scraper.forget((namespace, name))
             return
         try:
             observation = _reconciler.reconcile(body)
@@ -47,19 +49,17 @@ def reconcile_by_name(namespace: str, name: str) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def job_changed(body, namespace, name, **_) -> None:
-    reconcile_by_name(namespace, name)
+    try:
+        reconcile_by_name(namespace, name)
+    except ForeignChild as exc:  # Kopf retries: the namesake's children are being garbage-collected
+        raise kopf.TemporaryError(str(exc), delay=5) from exc
 
 
 @kopf.on.event("", "v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT})
-def pod_event(body, namespace, labels, type, **_) -> None:
+def pod_event(namespace, labels, type, logger, **_) -> None:
     if type is None:  # the initial listing: jobs are resumed by their own handler
         return
-    reconcile_by_name(namespace, labels[JOB_NAME_LABEL])
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)  # optional: no finalizer, deletion never waits for us
-def job_deleted(namespace, name, logger, **_) -> None:
-    metrics.record_phase(namespace, name, None)
-    if _reconciler is not None and _reconciler.scraper is not None:
-        _reconciler.scraper.forget((namespace, name))
-    logger.info("job %s deleted; its children go with it (owner references)", name)
+    try:
+        reconcile_by_name(namespace, labels[JOB_NAME_LABEL])
+    except ForeignChild as exc:  # the job's own handler retries
+        logger.info("%s", exc)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
+from datetime import datetime, timezone
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from .api import GROUP, PLURAL, VERSION
+from .api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from .render.names import JOB_NAME_LABEL
+
+log = logging.getLogger(__name__)
+
+
+class ForeignChild(Exception):
+    """A child's name is taken by an object this job does not own."""
 
 
 class Kube:
@@ -19,29 +28,56 @@ class Kube:
         self.custom = client.CustomObjectsApi(self.api_client)
 
     def create_if_absent(self, obj: dict[str, Any]) -> bool:
-        """Create the object; an existing one with the same name is left alone. True if created."""
-        create = {
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "Service": self.core.create_namespaced_service,
-            "Secret": self.core.create_namespaced_secret,
-            "Pod": self.core.create_namespaced_pod,
-        }[obj["kind"]]
-        try:
-            create(obj["metadata"]["namespace"], obj)
-            return True
-        except ApiException as exc:
-            if exc.status == 409:  # AlreadyExists: created by an earlier (maybe interrupted) reconcile
-                return False
-            raise
+        """Create the object; True if created, False if ours already exists.
 
-    def secret_exists(self, namespace: str, name: str) -> bool:
+        An existing object owned by someone else (typically a deleted job of the same name whose
+        children the garbage collector has not removed yet) raises ForeignChild: never adopt it.
+        """
+        kind, meta = obj["kind"], obj["metadata"]
+        create, read = self._verbs[kind]
         try:
-            self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+            create(meta["namespace"], obj)
             return True
         except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
+            if exc.status != 409:  # AlreadyExists: created by an earlier (maybe interrupted) reconcile
+                raise
+        existing = json.loads(read(meta["name"], meta["namespace"], _preload_content=False).data)
+        owners = {ref.get("uid") for ref in existing["metadata"].get("ownerReferences", [])}
+        if meta["ownerReferences"][0]["uid"] not in owners:
+            raise ForeignChild(f"{kind} {meta['name']} exists but belongs to another owner (a deleted job of the same name?); waiting for it to go")
+        return False
+
+    @property
+    def _verbs(self) -> dict[str, tuple]:
+        core = self.core
+        return {
+            "ConfigMap": (core.create_namespaced_config_map, core.read_namespaced_config_map),
+            "Service": (core.create_namespaced_service, core.read_namespaced_service),
+            "Secret": (core.create_namespaced_secret, core.read_namespaced_secret),
+            "Pod": (core.create_namespaced_pod, core.read_namespaced_pod),
+        }
+
+    def post_event(self, job: dict[str, Any], event) -> None:
+        """A core/v1 Event on the job (works from any thread, unlike kopf.event)."""
+        meta = job["metadata"]
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": "llm-training-operator"},
+            "reportingComponent": "llmtraining.dev/operator",
+            "reportingInstance": socket.gethostname()[:128],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+        except ApiException as exc:  # an event is worth less than the reconcile that emits it
+            log.warning("could not post event %s on %s: %s", event.reason, meta["name"], exc.reason)
 
     def list_job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         response = self.core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}", _preload_content=False)

@@ -44,7 +44,8 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
     from .ssh_keys import generate_job_keys
 
     scraper = ProgressScraper(progress_interval, on_change=handlers.reconcile_by_name) if progress_interval > 0 else None
-    handlers.install(Reconciler(kube=Kube(), ctx=RenderContext(cluster_domain=cluster_domain), emit=handlers.post_event,
+    kube = Kube()
+    handlers.install(Reconciler(kube=kube, ctx=RenderContext(cluster_domain=cluster_domain), emit=kube.post_event,
                                 generate_ssh_keys=generate_job_keys, scraper=scraper))
     if scraper is not None:
         scraper.start()

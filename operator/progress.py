@@ -8,6 +8,7 @@ status. A job's progress is re-read every interval while it runs; a change trigg
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import urllib.request
 from typing import Callable
@@ -33,6 +34,8 @@ def parse_progress(text: str) -> dict:
         for sample in family.samples:
             key = FIELDS.get(sample.name)
             if key is not None:
+                if not math.isfinite(sample.value):  # a diverged loss is NaN; JSON (and the status) cannot hold it
+                    continue
                 found[key] = int(sample.value) if key in ("step", "lastCheckpointStep") else round(sample.value, 6)
     return found
 
@@ -59,6 +62,7 @@ class ProgressScraper:
     def forget(self, key: JobKey) -> None:
         with self._lock:
             self._targets.pop(key, None)
+            self._latest.pop(key, None)
 
     def latest(self, key: JobKey) -> dict | None:
         with self._lock:

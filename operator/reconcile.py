@@ -16,7 +16,6 @@ from .api import SpecError, parse_job
 from .kube import Kube
 from .progress import ProgressScraper
 from .render import RenderContext, render_children
-from .render.names import ssh_secret_name
 from .status import Event, Observation, node_rank, observe, set_condition, status_changed
 
 log = logging.getLogger(__name__)
@@ -45,11 +44,13 @@ class Reconciler:
         except SpecError as exc:
             return self._reject(body, previous, exc)
 
-        if previous.get("phase") not in ("Succeeded", "Failed", "Running"):
-            self._create_children(job, body)
+        pods = self._owned_pods(job)
+        if previous.get("phase") not in ("Succeeded", "Failed", "Running") and len(pods) < job.spec.nodes:
+            self._create_children(job, body, {p["metadata"]["name"] for p in pods})
+            pods = self._owned_pods(job)
 
-        pods = self.kube.list_job_pods(namespace, name)
-        reported = self.scraper.latest((namespace, name)) if self.scraper else None
+        running = previous.get("phase") in ("Created", "Running")
+        reported = self.scraper.latest((namespace, name)) if self.scraper and running else None
         observation = observe(job, meta.get("generation"), pods, previous, utcnow(), reported)
         self._follow_progress(job, pods, observation)
         if status_changed(previous, observation.status):
@@ -57,16 +58,21 @@ class Reconciler:
         for event in observation.events:
             self.emit(body, event)
         if observation.finished:
-            self._clean_up_pods(job)
+            self._clean_up_pods(job, pods)
         return observation
 
-    def _create_children(self, job, body) -> None:
-        ssh_keys = None
-        if job.spec.launcher.mode == "ssh" and not self.kube.secret_exists(job.metadata.namespace, ssh_secret_name(job)):
-            ssh_keys = self.generate_ssh_keys()  # once per job: an existing Secret is never replaced
+    def _owned_pods(self, job) -> list[dict]:
+        """The job's pods: labelled for it *and* owned by this incarnation (not a deleted namesake's)."""
+        uid = job.metadata.uid
+        return [p for p in self.kube.list_job_pods(job.metadata.namespace, job.metadata.name)
+                if any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences", []))]
+
+    def _create_children(self, job, body, existing_pods: set[str]) -> None:
+        # Fresh keys each time are cheap; only the first Secret created is kept (create-if-absent).
+        ssh_keys = self.generate_ssh_keys() if job.spec.launcher.mode == "ssh" else None
         created = []
         for child in render_children(job, self.ctx, ssh_keys=ssh_keys):
-            if child["kind"] == "Secret" and ssh_keys is None:
+            if child["kind"] == "Pod" and child["metadata"]["name"] in existing_pods:
                 continue
             if self.kube.create_if_absent(child):
                 created.append(f"{child['kind']} {child['metadata']['name']}")
@@ -86,15 +92,15 @@ class Reconciler:
         else:
             self.scraper.forget(key)
 
-    def _clean_up_pods(self, job) -> None:
+    def _clean_up_pods(self, job, pods: list[dict]) -> None:
         policy = job.spec.run_policy.clean_pod_policy
-        if policy == "None":
-            return
-        for pod in self.kube.list_job_pods(job.metadata.namespace, job.metadata.name):
+        for pod in pods:
             phase = (pod.get("status") or {}).get("phase")
-            if pod["metadata"].get("deletionTimestamp"):
+            if pod["metadata"].get("deletionTimestamp") or phase in ("Succeeded", "Failed") and policy != "All":
                 continue
-            if policy == "All" or phase in ("Pending", "Running", "Unknown"):
+            # ssh workers 1..N-1 only serve sshd and never exit by themselves: always stop them.
+            sshd_only = job.spec.launcher.mode == "ssh" and node_rank(pod) > 0
+            if policy != "None" or sshd_only:
                 log.info("deleting pod %s (cleanPodPolicy %s)", pod["metadata"]["name"], policy)
                 self.kube.delete_pod(job.metadata.namespace, pod["metadata"]["name"])
 

@@ -136,7 +136,9 @@ def observe(job: LLMTrainingJob, generation: int | None, pods: Iterable[Mapping[
             transition("Created", "True", "PodsCreated", f"{len(pods)}/{nodes} worker pods created")
             phase = "Created" if phase == "Pending" else phase
         if failed:
-            failure = failure_of(failed[0])
+            # The first to fail is the likely cause; later failures are often its victims (NCCL errors).
+            first = min(failed, key=lambda p: (_terminated(p).get("finishedAt") or "~", node_rank(p)))
+            failure = failure_of(first)
             status["failure"] = failure
             message = f"worker {failure['pod']} (node rank {failure['rank']}) failed"
             if "exitCode" in failure:
@@ -158,6 +160,8 @@ def observe(job: LLMTrainingJob, generation: int | None, pods: Iterable[Mapping[
             message = "training finished: " + ("the launcher (worker 0) exited 0" if launcher_done and not all_done else f"all {nodes} workers exited 0")
             transition("Running", "False", "JobSucceeded", message)
             transition("Succeeded", "True", "JobSucceeded", message)
+            total = job.spec.training.steps  # the last scrape usually predates the last step
+            status["progress"] = {**status["progress"], "step": total, "stepOfTotal": f"{total}/{total}"}
         elif len(pods) == nodes and all(v == "Running" for v in by_phase.values()):
             phase = "Running"
             transition("Running", "True", "AllWorkersRunning", f"all {nodes} workers running")

@@ -25,9 +25,10 @@ PRINTER_COLUMNS = [
 _DROP = {"title", "$defs"}
 
 
-def _structural(node: Any, defs: dict[str, Any]) -> Any:
+def _structural(node: Any, defs: dict[str, Any], object_defaults: bool = True) -> Any:
+    """object_defaults: fill optional sub-objects with their fields' defaults (spec, not status)."""
     if isinstance(node, list):
-        return [_structural(n, defs) for n in node]
+        return [_structural(n, defs, object_defaults) for n in node]
     if not isinstance(node, dict):
         return node
     node = dict(node)
@@ -40,7 +41,7 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         variants = [v for v in node["anyOf"] if v.get("type") != "null"]
         if len(variants) == 1:  # Optional[X]: absent means null, so the schema is just X
             del node["anyOf"]
-            inner = _structural(variants[0], defs)
+            inner = _structural(variants[0], defs, object_defaults)
             node = {**inner, **{k: v for k, v in node.items() if k != "default" or v is not None}}
     if node.get("default", "") is None:
         del node["default"]
@@ -53,8 +54,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         node["type"] = "object"
     if "const" in node:  # Literal with one value
         node["enum"] = [node.pop("const")]
-    out = {k: _structural(v, defs) for k, v in node.items() if k not in _DROP}
-    if "properties" in out:
+    out = {k: _structural(v, defs, object_defaults) for k, v in node.items() if k not in _DROP}
+    if "properties" in out and object_defaults:
         required = set(out.get("required", []))
         for name, prop in out["properties"].items():
             # An optional sub-object whose own fields all have defaults gets the object of those
@@ -69,7 +70,8 @@ def openapi_schema() -> dict[str, Any]:
     defs = raw.get("$defs", {})
     schema = _structural(raw, defs)
     status_raw = LLMTrainingJobStatus.model_json_schema(by_alias=True)
-    schema["properties"]["status"] = _structural(status_raw, status_raw.get("$defs", {}))
+    # No defaults in status: the operator writes it whole, and `failure: {}` on every job would lie.
+    schema["properties"]["status"] = _structural(status_raw, status_raw.get("$defs", {}), object_defaults=False)
     schema["properties"]["status"]["description"] = "Observed state, written by the operator."
     schema["properties"]["metadata"] = {"type": "object"}
     schema["properties"]["apiVersion"] = {"type": "string", "description": "llmtraining.dev/v1alpha1"}

@@ -330,3 +330,19 @@ def test_status_is_written_only_on_change(control_plane, operator, namespace):
     cp.kubectl("-n", namespace, "label", "pod", "quiet-worker-0", "touched=yes")
     time.sleep(3)
     assert get_job(cp, namespace, "quiet")["metadata"]["resourceVersion"] == version
+
+
+def test_recreated_namesake_never_inherits_the_old_jobs_pods(control_plane, operator, namespace):
+    cp = control_plane
+    cp.apply(job_manifest("again"), namespace)
+    wait_phase(cp, operator, namespace, "again", "Running")
+    finish_pod(cp, namespace, "again-worker-1", 137)
+    old = wait_phase(cp, operator, namespace, "again", "Failed")
+    # delete without waiting for the garbage collector, and submit the same name again at once
+    cp.kubectl("delete", "ltj", "again", "-n", namespace, "--wait=false")
+    cp.apply(job_manifest("again"), namespace)
+    new = wait_phase(cp, operator, namespace, "again", "Running", timeout=120)
+    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+    assert "failure" not in new["status"]
+    for pod in job_pods(cp, namespace, "again"):
+        assert pod["metadata"]["ownerReferences"][0]["uid"] == new["metadata"]["uid"]

@@ -71,3 +71,9 @@ def test_cross_field_rules_are_cel():
 
 def test_crd_yaml_parses():
     assert yaml.safe_load(CRD_FILE.read_text())["kind"] == "CustomResourceDefinition"
+
+
+def test_status_has_no_object_defaults():
+    # a defaulted `failure: {}` appeared on every job (found by the e2e namesake test)
+    status = spec_schema()["properties"]["status"]
+    assert [path for path, node in walk(status) if node.get("type") == "object" and "default" in node] == []

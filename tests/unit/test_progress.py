@@ -47,3 +47,17 @@ def test_unreachable_endpoint_is_not_an_error():
     scraper.scrape_once()
     assert scraper.latest(("ns", "job")) is None
     scraper.forget(("ns", "job"))
+
+
+def test_diverged_loss_is_dropped_not_sent():
+    # NaN cannot be written into JSON: sending it made every later status patch fail.
+    progress = parse_progress(trainer_exposition(loss=float("nan"), tokens=float("inf")))
+    assert "loss" not in progress and "tokensPerSecond" not in progress and progress["step"] == 12
+
+
+def test_forgetting_a_job_drops_its_progress():
+    scraper = ProgressScraper(interval=1, on_change=lambda ns, name: None, fetch=lambda url: trainer_exposition())
+    scraper.watch(("ns", "job"), "http://10.0.0.1:9090/metrics")
+    scraper.scrape_once()
+    scraper.forget(("ns", "job"))
+    assert scraper.latest(("ns", "job")) is None  # a re-created namesake starts from nothing

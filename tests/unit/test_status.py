@@ -3,6 +3,7 @@
 import pytest
 
 from llm_operator.api import parse_job
+from llm_operator.kube import ForeignChild
 from llm_operator.reconcile import Reconciler
 from llm_operator.render import RenderContext
 from llm_operator.status import observe
@@ -10,16 +11,18 @@ from llm_operator.status import observe
 T0, T1, T2 = "2026-11-27T10:00:00Z", "2026-11-27T10:05:00Z", "2026-11-27T11:00:00Z"
 
 
-def pod(rank, phase="Pending", ready=False, exit_code=None, reason=None, job="demo"):
+def pod(rank, phase="Pending", ready=False, exit_code=None, reason=None, job="demo", finished_at=None, owner_uid="0b5c1e5e-1111-2222-3333-444455556666"):
     status = {"phase": phase}
     if ready:
         status["conditions"] = [{"type": "Ready", "status": "True"}]
     if exit_code is not None:
-        status["containerStatuses"] = [
-            {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error")}}}
-        ]
+        terminated = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error")}
+        if finished_at:
+            terminated["finishedAt"] = finished_at
+        status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": terminated}}]
     return {
-        "metadata": {"name": f"{job}-worker-{rank}", "labels": {"llmtraining.dev/node-rank": str(rank)}},
+        "metadata": {"name": f"{job}-worker-{rank}", "labels": {"llmtraining.dev/node-rank": str(rank)},
+                     "ownerReferences": [{"uid": owner_uid}]},
         "spec": {"nodeName": f"gpu-node-{rank}"},
         "status": status,
     }
@@ -87,6 +90,19 @@ def test_failed_worker_fails_the_job_with_details(job):
     assert later.status["phase"] == "Failed" and later.status["completionTime"] == T1
 
 
+def test_failure_names_the_first_worker_to_fail(job):
+    pods = [pod(0, "Failed", exit_code=1, finished_at="2026-11-27T10:00:09Z"),  # NCCL error: a victim
+            pod(1, "Failed", exit_code=137, reason="OOMKilled", finished_at="2026-11-27T10:00:02Z")]
+    assert observe(job, 1, pods, None, T0).status["failure"]["pod"] == "demo-worker-1"
+
+
+def test_succeeded_job_shows_every_step_done(job):
+    reported = {"step": 9, "loss": 1.0}
+    running = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], None, T0, reported).status
+    done = observe(job, 1, [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)], running, T1).status
+    assert done["progress"]["step"] == 10 and done["progress"]["stepOfTotal"] == "10/10" and done["progress"]["loss"] == 1.0
+
+
 def test_pod_deleted_while_running_fails_the_job(job):
     running = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], None, T0).status
     failed = observe(job, 1, [pod(0, "Running", True)], running, T1).status
@@ -127,12 +143,11 @@ class FakeKube:
     def create_if_absent(self, obj):
         key = (obj["kind"], obj["metadata"]["name"])
         if key in self.objects:
+            if self.objects[key]["metadata"]["ownerReferences"][0]["uid"] != obj["metadata"]["ownerReferences"][0]["uid"]:
+                raise ForeignChild(key)
             return False
         self.objects[key] = obj
         return True
-
-    def secret_exists(self, namespace, name):
-        return ("Secret", name) in self.objects
 
     def list_job_pods(self, namespace, job_name):
         return [o for (kind, _), o in self.objects.items() if kind == "Pod" and o["metadata"]["name"] not in self.deleted]
@@ -164,11 +179,25 @@ def test_reconcile_is_idempotent(manifest):
     created = dict(reconciler.kube.objects)
     assert sorted(created) == [("ConfigMap", "demo-config"), ("Pod", "demo-worker-0"), ("Pod", "demo-worker-1"), ("Secret", "demo-ssh"), ("Service", "demo")]
     patches = len(reconciler.kube.status_patches)
-    reconciler.reconcile(manifest)  # nothing changed: no new objects, no status write, keys not regenerated
+    reconciler.reconcile(manifest)  # nothing changed: no new objects, no status write, no new keys
     assert reconciler.kube.objects == created
     assert len(reconciler.kube.status_patches) == patches
     assert keys_made == [1]
-    assert reconciler.kube.objects[("Secret", "demo-ssh")]["stringData"] == {"id_ed25519": "key-1"}
+    del reconciler.kube.objects[("Pod", "demo-worker-1")]  # e.g. the operator died before creating it
+    reconciler.reconcile(manifest)
+    assert ("Pod", "demo-worker-1") in reconciler.kube.objects
+    assert reconciler.kube.objects[("Secret", "demo-ssh")]["stringData"] == {"id_ed25519": "key-1"}  # the first keys stay
+
+
+def test_reconcile_never_adopts_a_deleted_namesakes_children(manifest):
+    reconciler, _, _ = make_reconciler(manifest)
+    old = dict(manifest, metadata={**manifest["metadata"], "uid": "old-uid"})
+    reconciler.reconcile(old)
+    assert reconciler.kube.list_job_pods("team-a", "demo")  # the old job's pods, awaiting garbage collection
+    manifest.pop("status", None)
+    with pytest.raises(ForeignChild):
+        reconciler.reconcile(manifest)
+    assert "status" not in manifest  # the old pods' state was not taken for the new job's
 
 
 def test_reconcile_cleans_running_pods_after_failure(manifest):
