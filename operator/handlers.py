@@ -46,8 +46,7 @@ def reconcile_by_name(namespace: str, name: str) -> None:
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.create(GROUP, VERSION, PLURAL)  # no update handler: the spec is immutable (a CEL rule)
 def job_changed(body, namespace, name, **_) -> None:
     try:
         reconcile_by_name(namespace, name)

@@ -330,6 +330,9 @@ class LLMTrainingJobSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                # A running gang cannot change shape or recipe under DeepSpeed; rejecting the edit
+                # beats accepting it and silently running the old spec.
+                cel("self == oldSelf", "spec is immutable once the job is created: delete the job and create it again (it resumes from the latest checkpoint)"),
                 cel(
                     "!has(self.training.globalBatchSize) || self.training.globalBatchSize % (self.training.microBatchSize * self.nodes * self.slotsPerNode) == 0",
                     message_expression="'training.globalBatchSize (%d) must be divisible by microBatchSize × nodes × slotsPerNode = %d × %d × %d = %d'"

@@ -206,6 +206,13 @@ class TestCRD:
         assert spec["checkpoint"]["resume"] == "latest"
 
 
+    def test_spec_is_immutable(self, control_plane, crd, namespace):
+        control_plane.apply(job_manifest("frozen"), namespace)
+        result = control_plane.kubectl("patch", "ltj", "frozen", "-n", namespace, "--type=merge", "-p", '{"spec": {"training": {"steps": 20}}}', check=False)
+        assert result.returncode != 0 and "spec is immutable once the job is created" in result.stderr
+        control_plane.kubectl("annotate", "ltj", "frozen", "-n", namespace, "team=search")  # metadata stays editable
+
+
 # ---------------------------------------------------------------------------------------- reconcile
 def test_job_runs_on_gpu_nodes(control_plane, operator, namespace):
     cp = control_plane
