@@ -27,6 +27,7 @@ import json
 import os
 import pathlib
 import pwd
+import re
 import signal
 import socket
 import subprocess
@@ -564,12 +565,33 @@ def read_preempted(marker_dir: pathlib.Path) -> Optional[dict]:
     return content if isinstance(content, dict) else {}
 
 
+# Per-pod or per-shell variables that must not be copied from worker 0 to the other nodes' ranks.
+NOT_FORWARDED = {"HOSTNAME", "PWD", "OLDPWD", "SHLVL", "_", "TERM", "POD_NAME", "POD_IP", "NODE_NAME",
+                 "LLMTRAIN_NODE_RANK", DS_ENV_FILE, "LOCAL_RANK", "RANK", "WORLD_SIZE"}
+UNSAFE_VALUE = re.compile(r'["$`\\\n]')  # DeepSpeed wraps values in "..." for the remote shell
+
+
+def forwardable_env(environ: dict[str, str]) -> dict[str, str]:
+    """The container's env for ranks started over ssh, which begin with sshd's empty environment:
+    valueFrom variables (secrets, downward API) and the image's PATH/LD_LIBRARY_PATH included."""
+    forwarded = {}
+    for key, value in environ.items():
+        if key in NOT_FORWARDED or key.startswith("SSH_") or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            continue
+        if UNSAFE_VALUE.search(value):
+            log("warning", "not forwarding env to ssh-launched ranks: value needs shell quoting", name=key)
+            continue
+        forwarded[key] = value
+    return forwarded
+
+
 def command_env(args: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ)
     if args.marker_dir:
         env[MARKER_ENV] = os.path.abspath(args.marker_dir)
         if args.sshd:
-            env[DS_ENV_FILE] = write_ds_env_file(args.run_dir, {MARKER_ENV: env[MARKER_ENV]})
+            extra = {**forwardable_env(dict(os.environ)), MARKER_ENV: env[MARKER_ENV]}
+            env[DS_ENV_FILE] = write_ds_env_file(args.run_dir, extra)
     return env
 
 

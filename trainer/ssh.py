@@ -1,7 +1,7 @@
 """SSH between the pods of one LLMTrainingJob (launcher mode ``ssh``).
 
 The operator calls :func:`generate_job_keys` once per job and stores the result as the job's SSH
-Secret; every worker pod mounts it read-only at ``/etc/llmtraining/ssh`` and ``llm-train launch
+Secret; every worker pod mounts it read-only at ``/etc/llmtraining-ssh`` and ``llm-train launch
 --sshd`` turns it into a non-root sshd plus an ssh client configuration.
 
 Secret keys (``SECRET_KEYS``; the launcher needs the four in ``REQUIRED_SECRET_KEYS``):
@@ -35,7 +35,7 @@ KNOWN_HOSTS = "known_hosts"
 SECRET_KEYS = (USER_KEY, USER_PUB, AUTHORIZED_KEYS, HOST_KEY, HOST_PUB, KNOWN_HOSTS)
 REQUIRED_SECRET_KEYS = (USER_KEY, AUTHORIZED_KEYS, HOST_KEY, KNOWN_HOSTS)
 
-DEFAULT_SECRET_DIR = "/etc/llmtraining/ssh"
+DEFAULT_SECRET_DIR = "/etc/llmtraining-ssh"  # render/names.py SSH_MOUNT (not inside the ConfigMap mount)
 DEFAULT_PORT = 2222
 
 

@@ -311,10 +311,10 @@ class NetworkSpec(ApiModel):
 
 # ---------------------------------------------------------------------------------- run policy
 class RunPolicy(ApiModel):
-    backoff_limit: int = Field(3, ge=0, description="Restarts of the whole gang after a failure before the job is Failed.")
-    active_deadline_seconds: Optional[int] = Field(None, ge=1, description="Wall-clock limit of the job, from its start.")
-    ttl_seconds_after_finished: Optional[int] = Field(None, ge=0, description="Delete the job this long after it finished.")
-    suspend: bool = Field(False, description="Suspended jobs have no pods; resuming starts them from the latest checkpoint.")
+    backoff_limit: int = Field(3, ge=0, description="Restarts of the whole gang after a failure before the job is Failed. Validated, not yet enforced: today a failed worker fails the job.")
+    active_deadline_seconds: Optional[int] = Field(None, ge=1, description="Wall-clock limit of the job, from its start. Validated, not yet enforced.")
+    ttl_seconds_after_finished: Optional[int] = Field(None, ge=0, description="Delete the job this long after it finished. Validated, not yet enforced.")
+    suspend: bool = Field(False, description="Suspended jobs have no pods; resuming starts them from the latest checkpoint. Validated, not yet enforced.")
     clean_pod_policy: Literal["None", "Running", "All"] = Field(
         "Running", description="Pods deleted when the job finishes: None, Running (still running ones), All."
     )

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from llm_trainer.ssh import SECRET_KEYS  # the launcher's side of the contract (stdlib-only module)
+
 from ..api import LLMTrainingJob
 from .names import object_meta, ssh_secret_name
-
-SSH_SECRET_KEYS = ("id_ed25519", "id_ed25519.pub", "authorized_keys", "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "known_hosts")
 REDACTED = "<generated per job by the operator>"
 
 
 def build_ssh_secret(job: LLMTrainingJob, keys: dict[str, str] | None) -> dict:
     """keys: the generated key material; None renders placeholders (for `llm-operator render`)."""
-    data = dict(keys) if keys is not None else {k: REDACTED for k in SSH_SECRET_KEYS}
+    data = dict(keys) if keys is not None else {k: REDACTED for k in SECRET_KEYS}
     return {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -564,3 +564,16 @@ def test_deepspeed_pdsh_through_launch_sshd(world_readable_tmp):
         code = worker1.wait(timeout=30)
         err = worker1.stderr.read()
     assert code == 0, err[-3000:]
+
+
+def test_ssh_launched_ranks_get_the_containers_env():
+    from llm_trainer.launch import forwardable_env
+
+    env = {
+        "PATH": "/opt/venv/bin:/usr/bin", "LD_LIBRARY_PATH": "/usr/local/nvidia/lib64",
+        "WANDB_API_KEY": "from-a-secret",  # valueFrom: only in the process env, not in the ConfigMap
+        "HOSTNAME": "job-worker-0", "POD_NAME": "job-worker-0", "LLMTRAIN_NODE_RANK": "0",  # per pod
+        "SSH_CONNECTION": "x", "DS_ENV_FILE": "/etc/llmtraining/deepspeed_env",
+        "QUOTED": 'has "quotes"', "DOLLAR": "a$b",  # DeepSpeed's "..." wrapping would mangle these
+    }
+    assert forwardable_env(env) == {"PATH": "/opt/venv/bin:/usr/bin", "LD_LIBRARY_PATH": "/usr/local/nvidia/lib64", "WANDB_API_KEY": "from-a-secret"}
