@@ -48,8 +48,12 @@ def step_of(tag: str) -> Optional[int]:
 class CheckpointManager:
     """Save / commit / prune / resume. Every method is called on every rank (they contain collectives)."""
 
-    def __init__(self, directory: str | os.PathLike, keep: int, rank: int, barrier):
+    def __init__(self, directory: str | os.PathLike, keep: int, rank: int, barrier, local_rank: Optional[int] = None):
         self.dir, self.keep, self.rank, self.barrier = Path(directory), keep, rank, barrier
+        # Local rank 0 of every node commits and prunes too: with a per-node (unshared) checkpoint
+        # directory, node k's shards are otherwise never pruned and fill its disk. On a shared
+        # directory the nodes write the same files atomically, which is harmless.
+        self.commits = (rank if local_rank is None else local_rank) == 0
 
     # ------------------------------------------------------------------ listing (no collectives)
     def latest(self) -> Optional[str]:
@@ -80,8 +84,8 @@ class CheckpointManager:
         return resume
 
     def remove_incomplete(self) -> None:
-        """Rank 0 deletes tag directories a crash left half-written (no .complete, not `latest`)."""
-        if self.rank == 0 and self.dir.is_dir():
+        """Each node deletes tag directories a crash left half-written (no .complete, not `latest`)."""
+        if self.commits and self.dir.is_dir():
             latest = self.latest()
             for p in self.dir.iterdir():
                 if step_of(p.name) is not None and p.is_dir() and not self.is_complete(p.name) and p.name != latest:
@@ -94,7 +98,7 @@ class CheckpointManager:
         # save_checkpoint ends with a barrier: every rank has written (and closed) its files
         if os.environ.get(CRASH_BEFORE_COMMIT_ENV) == str(step):
             os._exit(CRASH_EXIT_CODE)
-        if self.rank == 0:
+        if self.commits:  # save_checkpoint's barrier: every rank of every node has written this tag
             atomic_write(self.dir / tag / COMPLETE, f"{step}\n")
             atomic_write(self.dir / LATEST, tag)
             self.prune(protect=tag)

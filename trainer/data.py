@@ -23,6 +23,7 @@ import math
 import os
 import queue
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol, Sequence
@@ -131,7 +132,8 @@ def tokenize_to_file(paths: Sequence[str], fmt: str, tokenizer_path: str, text_f
     limit = np.iinfo(np.dtype(dtype)).max
     if tokenizer.get_vocab_size() - 1 > limit:
         raise ValueError(f"data.tokenDtype {dtype} cannot hold the tokenizer's {tokenizer.get_vocab_size()} ids")
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    # unique across pods too: PIDs repeat between containers, and the cache may be on a shared volume
+    tmp = out.with_name(f"{out.name}.tmp-{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     with open(tmp, "wb") as f:
         started = False
         for path in paths:

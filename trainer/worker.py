@@ -123,7 +123,7 @@ class Trainer:
                                    micro_batch=self.micro, device=d.device, vocab_size=self.cfg.vocab_size)
 
         self.checkpoints = CheckpointManager(self.args.checkpoint_dir or self.out / "checkpoints",
-                                             spec.checkpoint.keep, d.rank, self.barrier)
+                                             spec.checkpoint.keep, d.rank, self.barrier, local_rank=d.local_rank)
         self.preemption = Preemption(group=torch.distributed.new_group(backend="gloo"))
 
         import deepspeed

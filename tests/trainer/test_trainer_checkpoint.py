@@ -92,3 +92,16 @@ def test_sigterm_only_sets_a_flag(tmp_path):
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
+
+
+def test_every_node_prunes_its_own_checkpoint_directory(tmp_path):
+    """Node 1's local rank 0 (global rank 8) commits and prunes its own, unshared directory;
+    before, only global rank 0 did, and other nodes' old shards filled their disks."""
+    node1_main = CheckpointManager(tmp_path / "node1", keep=2, rank=8, local_rank=0, barrier=lambda: None)
+    node1_other = CheckpointManager(tmp_path / "node1", keep=2, rank=9, local_rank=1, barrier=lambda: None)
+    engine = FakeEngine()
+    for step in (5, 10, 15):
+        node1_main.save(engine, step, {})
+        node1_other.save(engine, step, {})
+    assert node1_main.latest() == "global_step15"
+    assert sorted(p.name for p in node1_main.dir.iterdir() if p.is_dir()) == ["global_step10", "global_step15"]
