@@ -294,7 +294,8 @@ class CheckpointSpec(ApiModel):
 # ------------------------------------------------------------------------------------- network
 class NetworkSpec(ApiModel):
     profile: Literal["tcp", "infiniband", "roce", "efa"] = Field(
-        "tcp", description="Interconnect: tcp (sockets), infiniband or roce (NCCL IB verbs), efa (AWS libfabric)."
+        "tcp", description="Interconnect: tcp (sockets), infiniband or roce (NCCL IB verbs), efa (AWS libfabric). The RDMA profiles "
+        "add IPC_LOCK; for a non-root container the node's container runtime must also allow unlimited locked memory (memlock)."
     )
     interfaces: list[str] = Field(default_factory=list, description="Network interfaces for bootstrap/socket traffic (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME).")
     ib_hcas: list[str] = Field(default_factory=list, alias="ibHcas", description="RDMA devices to use (NCCL_IB_HCA), e.g. mlx5_0; infiniband/roce only.")

@@ -19,7 +19,7 @@ from .names import (
     worker_fqdn,
     worker_name,
 )
-from .network import plan_network
+from .network import NetworkPlan, plan_network
 
 GPU_RESOURCE = "nvidia.com/gpu"
 HOSTFILE = f"{CONFIG_MOUNT}/hostfile"
@@ -82,13 +82,13 @@ def _env(job: LLMTrainingJob, rank: int) -> list[dict]:
     return env
 
 
-def _resources(job: LLMTrainingJob) -> dict:
+def _resources(job: LLMTrainingJob, network: NetworkPlan) -> dict:
     spec = job.spec
     limits = dict(spec.resources.limits)
     requests = dict(spec.resources.requests)
     if spec.accelerator == "gpu":
         limits.setdefault(GPU_RESOURCE, spec.slots_per_node)
-    for name, count in plan_network(spec.network).resources.items():
+    for name, count in network.resources.items():
         limits.setdefault(name, count)
     # Quantities as strings: the canonical form (the API server accepts ints, typed clients do not).
     out = {}
@@ -153,9 +153,10 @@ def build_worker_pod(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> dict
     if tmpl.annotations:
         meta["annotations"] = dict(tmpl.annotations)
     volumes, mounts = _volumes(job)
+    network = plan_network(spec.network)
     capabilities: dict = {"drop": ["ALL"]}
-    if plan_network(spec.network).capabilities:
-        capabilities["add"] = plan_network(spec.network).capabilities
+    if network.capabilities:
+        capabilities["add"] = network.capabilities
     container = {
         "name": TRAINER_CONTAINER,
         "image": spec.image,
@@ -164,7 +165,7 @@ def build_worker_pod(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> dict
         "workingDir": HOME_DIR,
         "env": _env(job, rank),
         "ports": _ports(job),
-        "resources": _resources(job),
+        "resources": _resources(job, network),
         "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": False,
