@@ -118,4 +118,4 @@ class Reconciler:
         return observation
 
 
-__all__ = ["Reconciler", "node_rank", "utcnow"]
+__all__ = ["Reconciler", "utcnow"]

@@ -43,6 +43,7 @@ EXIT_USAGE = 2
 EXIT_PEERS = 3
 EXIT_SSH = 4
 
+from . import markers
 from .markers import COMPLETE as COMPLETE_MARKER
 from .markers import MARKER_DIR_ENV as MARKER_ENV
 from .markers import PREEMPTED as PREEMPTED_MARKER
@@ -548,21 +549,9 @@ def write_ds_env_file(run_dir: str, extra: dict[str, str]) -> str:
 def clear_markers(marker_dir: str) -> pathlib.Path:
     d = pathlib.Path(marker_dir)
     d.mkdir(parents=True, exist_ok=True)
-    for name in (COMPLETE_MARKER, PREEMPTED_MARKER):
-        if (d / name).exists():
-            log("info", "removing stale marker", path=str(d / name))
-            (d / name).unlink()
+    for name in markers.clear(d):
+        log("info", "removing stale marker", path=str(d / name))
     return d
-
-
-def read_preempted(marker_dir: pathlib.Path) -> Optional[dict]:
-    try:
-        content = json.loads((marker_dir / PREEMPTED_MARKER).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}
-    return content if isinstance(content, dict) else {}
 
 
 # Per-pod or per-shell variables that must not be copied from worker 0 to the other nodes' ranks.
@@ -609,7 +598,7 @@ def serve_sshd_only(sup: Supervisor) -> tuple[int, str]:
 
 
 def run_command(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
-    markers = clear_markers(args.marker_dir) if args.marker_dir else None
+    marker_dir = clear_markers(args.marker_dir) if args.marker_dir else None
     env = command_env(args)
     log("info", "starting command", argv=args.command, marker_dir=args.marker_dir)
     try:
@@ -620,9 +609,10 @@ def run_command(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
     returncode = sup.wait(sup.command)
     log("info", "command exited", returncode=returncode, runtime_s=round(time.monotonic() - started, 1))
     sup.drain(timeout=None if sup.received else args.linger_timeout)
-    if markers is None:
+    if marker_dir is None:
         return decide_outcome(returncode, None, sup.received)
-    return decide_outcome(returncode, (markers / COMPLETE_MARKER).exists(), sup.received, read_preempted(markers))
+    return decide_outcome(returncode, (marker_dir / COMPLETE_MARKER).exists(), sup.received,
+                          markers.read(marker_dir, PREEMPTED_MARKER))
 
 
 def launch(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:

@@ -30,9 +30,16 @@ def marker_dir(output_dir: str | os.PathLike) -> Path:
     return Path(os.environ.get(MARKER_DIR_ENV) or Path(output_dir) / "markers")
 
 
-def clear(directory: Path) -> None:
+def clear(directory: Path) -> list[str]:
+    """Remove stale markers of an earlier run; returns the names removed."""
+    removed = []
     for name in (COMPLETE, PREEMPTED):
-        (directory / name).unlink(missing_ok=True)
+        try:
+            (directory / name).unlink()
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def write(directory: Path, name: str, content: dict[str, Any]) -> None:
@@ -40,10 +47,14 @@ def write(directory: Path, name: str, content: dict[str, Any]) -> None:
 
 
 def read(directory: Path, name: str) -> Optional[dict[str, Any]]:
+    """The marker's content; None if absent, {} if present but unreadable (it still says the run got there)."""
     try:
-        return json.loads((directory / name).read_text())
+        content = json.loads((directory / name).read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
 
 
 def atomic_write(path: Path, text: str) -> None:
