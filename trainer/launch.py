@@ -228,11 +228,20 @@ def signal_name(signum: int) -> str:
 
 
 def decide_outcome(
-    returncode: int, marker_present: Optional[bool], received: Optional[int], preempted: Optional[dict] = None
+    returncode: int, marker_present: Optional[bool], received: Optional[int], preempted: Optional[dict] = None,
+    rank_error: Optional[dict] = None,
 ) -> tuple[int, str]:
     """(exit code, message) from the command's returncode (negative: killed by that signal), whether
-    the completion marker exists (None: no --marker-dir), the signal we forwarded, if any, and the
-    content of preempted.json (the ranks saved a checkpoint after a stop request)."""
+    the completion marker exists (None: no --marker-dir), the signal we forwarded, if any, the
+    content of preempted.json (the ranks saved a checkpoint after a stop request), and the first
+    rank's error marker (its exception's last line, which the operator classifies, e.g. NCCLError)."""
+    code, message = _outcome(returncode, marker_present, received, preempted)
+    if code != EXIT_OK and rank_error:
+        message += f"; rank {rank_error.get('rank', '?')}: {rank_error['error']}"
+    return code, message
+
+
+def _outcome(returncode: int, marker_present: Optional[bool], received: Optional[int], preempted: Optional[dict]) -> tuple[int, str]:
     stopped = f" after this pod received {signal_name(received)}" if received else ""
     if returncode < 0:
         sig = -returncode
@@ -549,7 +558,7 @@ def write_ds_env_file(run_dir: str, extra: dict[str, str]) -> str:
 def clear_markers(marker_dir: str) -> pathlib.Path:
     d = pathlib.Path(marker_dir)
     d.mkdir(parents=True, exist_ok=True)
-    for name in markers.clear(d):
+    for name in markers.clear(d, errors=True):
         log("info", "removing stale marker", path=str(d / name))
     return d
 
@@ -612,7 +621,7 @@ def run_command(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
     if marker_dir is None:
         return decide_outcome(returncode, None, sup.received)
     return decide_outcome(returncode, (marker_dir / COMPLETE_MARKER).exists(), sup.received,
-                          markers.read(marker_dir, PREEMPTED_MARKER))
+                          markers.read(marker_dir, PREEMPTED_MARKER), markers.first_error(marker_dir))
 
 
 def launch(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:

@@ -345,12 +345,16 @@ class Trainer:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    job = load_job_file(args.job)
-    accelerator = effective_accelerator(job.spec)
-    dist = init_distributed(accelerator)
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    spec = fit_to_world(job.spec, dist.world_size)
-    code = Trainer(job, args, dist, spec).run()
+    try:
+        job = load_job_file(args.job)
+        accelerator = effective_accelerator(job.spec)
+        dist = init_distributed(accelerator)
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        spec = fit_to_world(job.spec, dist.world_size)
+        code = Trainer(job, args, dist, spec).run()
+    except Exception as exc:  # the launcher reports the first rank's error as the pod's termination message
+        markers.write_error(markers.marker_dir(args.output_dir), int(os.environ.get("RANK", 0)), exc)
+        raise
     torch.distributed.destroy_process_group()
     return code
 

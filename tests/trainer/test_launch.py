@@ -82,6 +82,30 @@ class TestOutcome:
     def test_complete(self):
         assert L.decide_outcome(0, True, None) == (0, "training complete")
 
+    def test_rank_error_is_appended_to_a_failure_only(self):
+        error = {"rank": 3, "error": "RuntimeError: NCCL error"}
+        assert L.decide_outcome(1, False, None, None, error) == (1, "command exited with status 1; rank 3: RuntimeError: NCCL error")
+        assert L.decide_outcome(0, True, None, None, error) == (0, "training complete")
+
+    def test_worker_writes_its_error_marker(self, tmp_path, monkeypatch):
+        from llm_trainer import markers, worker
+
+        monkeypatch.setenv("RANK", "2")
+        monkeypatch.delenv(markers.MARKER_DIR_ENV, raising=False)
+        with pytest.raises(Exception):
+            worker.main(["--job", str(tmp_path / "missing.yaml"), "--output-dir", str(tmp_path)])
+        error = markers.first_error(tmp_path / "markers")
+        assert error is not None and error["rank"] == 2 and "missing.yaml" in error["error"]
+
+    def test_first_error_is_the_earliest(self, tmp_path):
+        from llm_trainer import markers
+
+        markers.write(tmp_path, "error-rank0.json", {"rank": 0, "error": "victim", "time": 20.0})
+        markers.write(tmp_path, "error-rank5.json", {"rank": 5, "error": "cause", "time": 10.0})
+        assert markers.first_error(tmp_path)["error"] == "cause"
+        assert markers.clear(tmp_path) == [] and markers.first_error(tmp_path) is not None  # ranks never clear errors
+        assert sorted(markers.clear(tmp_path, errors=True)) == ["error-rank0.json", "error-rank5.json"]
+
     def test_no_marker_dir(self):
         assert L.decide_outcome(0, None, None)[0] == 0
 
@@ -353,6 +377,14 @@ if mode == "sigterm":
     time.sleep(120)
 if rank == 1 and mode == "kill-self":
     os.kill(os.getpid(), signal.SIGKILL)           # what the OOM killer does to a rank
+if rank == 1 and mode == "nccl-error":
+    from llm_trainer import markers
+    time.sleep(0.5)
+    try:                                           # what the worker does with any exception
+        raise RuntimeError("NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited or there was a network error")
+    except RuntimeError as exc:
+        markers.write_error(marker_dir, rank, exc)
+        raise
 if rank == 1 and mode == "kill-launcher":
     os.kill(os.getppid(), signal.SIGKILL)          # ... or to DeepSpeed's per-node launcher
     sys.exit(0)
@@ -398,6 +430,18 @@ class TestRealDeepSpeed:
         r = run_launch("--marker-dir", str(tmp / "m"), "--", *deepspeed("kill-launcher"), env=env, timeout=180)
         assert r.returncode == 1, r.stderr[-3000:]
         assert "did not reach its last step" in r.stderr
+
+    def test_first_rank_error_reaches_the_termination_message(self, ds_job):
+        tmp, env, deepspeed = ds_job
+        (tmp / "m" / "error-rank9.json").write_text('{"rank": 9, "error": "stale", "time": 0}')  # an earlier run's
+        log = tmp / "termination-log"
+        log.write_text("")
+        r = subprocess.run([PY, "-m", "llm_trainer.launch", "--termination-log", str(log), "--marker-dir", str(tmp / "m"), "--",
+                            *deepspeed("nccl-error")], env=env, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 1, r.stderr[-3000:]
+        message = log.read_text()
+        assert "rank 1: RuntimeError: NCCL error in: ProcessGroupNCCL.cpp:1970" in message and message.rstrip().endswith("(exit 1)")
+        assert "stale" not in message
 
     def test_complete(self, ds_job):
         tmp, env, deepspeed = ds_job

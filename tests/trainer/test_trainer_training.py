@@ -20,7 +20,7 @@ from llm_operator.api.deepspeed_config import build_deepspeed_config
 from llm_trainer import markers
 from llm_trainer.checkpoint import CRASH_BEFORE_COMMIT_ENV, CRASH_EXIT_CODE
 
-from trainer_testlib import REPO, free_port, rank_env, run_ranks, write_job
+from trainer_testlib import REPO, free_port, rank_env, run_ranks, start_ranks, write_job
 
 pytestmark = pytest.mark.trainer
 
@@ -75,6 +75,32 @@ def test_stop_and_resume_is_bit_exact(tmp_path, reference_run):
     lrs = {**logged(first, "lr"), **logged(second, "lr")}
     assert lrs[1] == pytest.approx(0.01 / 3) and lrs[3] == pytest.approx(0.01) and lrs[30] == pytest.approx(0.001)
     assert lrs == pytest.approx(logged(reference_run, "lr"), rel=1e-12)
+
+
+def test_gang_killed_mid_training_resumes_like_an_uninterrupted_run(tmp_path, reference_run):
+    """What a gang restart does: every rank SIGKILLed (a lost node, a grace period run out), then a new gang in
+    fresh processes on a new rendezvous port resumes from the newest complete checkpoint."""
+    job = write_job(tmp_path)
+    out = tmp_path / "out"
+    procs, logs = start_ranks(job, out)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while not latest.exists() and time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.02)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert latest.exists(), "\n".join(log.read_text()[-2000:] for log in logs)
+    killed_at = latest.read_text()
+    assert markers.read(out / "markers", markers.COMPLETE) is None  # killed mid-training, not after it
+
+    resumed = run_ranks(job, out)
+    assert resumed.codes == [0, 0], resumed.log_tail()
+    assert resumed.summary["resumed_from"] == killed_at
+    first = int(killed_at.removeprefix("global_step")) + 1
+    assert sorted(resumed.losses) == list(range(first, 31))
+    for step, loss in resumed.losses.items():
+        assert loss == reference_run.losses[step], f"step {step}: {loss!r} != uninterrupted {reference_run.losses[step]!r}"
 
 
 def test_crash_during_save_never_becomes_latest(tmp_path, reference_run):
