@@ -39,9 +39,13 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .main import run_operator
 
+    from .lifecycle import LifecycleSettings
+
+    lifecycle = LifecycleSettings(restart_backoff_seconds=args.restart_backoff, restart_backoff_max_seconds=args.max_restart_backoff,
+                                  node_lost_grace_seconds=args.node_lost_grace)
     return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, health_port=args.health_port,
                         metrics_port=args.metrics_port, progress_interval=args.progress_interval,
-                        cluster_domain=args.cluster_domain, log_format=args.log_format, verbose=args.verbose)
+                        cluster_domain=args.cluster_domain, log_format=args.log_format, verbose=args.verbose, lifecycle=lifecycle)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=8081, help="Prometheus /metrics port (0 disables)")
     run.add_argument("--progress-interval", type=float, default=15.0,
                      help="seconds between reads of rank 0's training metrics for the job status (0 disables)")
+    run.add_argument("--restart-backoff", type=float, default=10.0, metavar="SECONDS",
+                     help="delay before the first counted gang restart; doubles with each one")
+    run.add_argument("--max-restart-backoff", type=float, default=300.0, metavar="SECONDS", help="cap of the restart delay")
+    run.add_argument("--node-lost-grace", type=float, default=60.0, metavar="SECONDS",
+                     help="how long a running worker may be not Ready (its node unreachable) before the gang restarts")
     run.add_argument("--cluster-domain", default="cluster.local")
     run.add_argument("--log-format", choices=["json", "plain"], default="json")
     run.add_argument("-v", "--verbose", action="store_true")

@@ -1,64 +1,43 @@
-"""Kopf handlers: thin. Every trigger funnels into one reconcile of the job, one at a time per job.
-
-No delete handler: owner references let the garbage collector remove a job's children, and a
-reconcile that finds its job gone forgets it (no finalizer ever delays a deletion).
+"""Kopf handlers: thin. Each job gets its own task (job_loop.py), started from the job watch and stopped by
+the job's DELETED event; pod events only poke that task. No finalizer: deleting a job never waits for the
+operator, and owner references let the garbage collector remove its children.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
-
 import kopf
 
-from . import metrics
 from .api import GROUP, PLURAL, VERSION
-from .kube import ForeignChild
-from .reconcile import Reconciler
+from .job_loop import JobLoops
 from .render.names import JOB_NAME_LABEL
 
-_reconciler: Reconciler | None = None
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_loops: JobLoops | None = None
 
 
-def install(reconciler: Reconciler) -> None:
-    global _reconciler
-    _reconciler = reconciler
+def install(loops: JobLoops) -> None:
+    global _loops
+    _loops = loops
 
 
-def reconcile_by_name(namespace: str, name: str) -> None:
-    assert _reconciler is not None, "handlers.install() was not called"
-    with _locks[(namespace, name)], metrics.RECONCILE_SECONDS.time():  # pod and job events may race
-        body = _reconciler.kube.get_job(namespace, name)  # fresh: an event's copy may be stale
-        if body is None:
-            metrics.record_phase(namespace, name, None)
-            if _reconciler.scraper is not None:
-                _reconciler.scraper.forget((namespace, name))
-            return
-        try:
-            observation = _reconciler.reconcile(body)
-        except Exception:
-            metrics.RECONCILES.labels(result="error").inc()
-            raise
-        metrics.RECONCILES.labels(result="ok").inc()
-        if observation is not None:
-            metrics.record_phase(namespace, name, observation.status.get("phase"))
+def _installed() -> JobLoops:
+    assert _loops is not None, "handlers.install() was not called"
+    return _loops
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)  # no update handler: the spec is immutable (a CEL rule)
-def job_changed(body, namespace, name, **_) -> None:
-    try:
-        reconcile_by_name(namespace, name)
-    except ForeignChild as exc:  # Kopf retries: the namesake's children are being garbage-collected
-        raise kopf.TemporaryError(str(exc), delay=5) from exc
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def job_event(type, namespace, name, **_) -> None:
+    """Every job, at start-up (the initial listing) and when created, gets its task."""
+    if type == "DELETED":
+        _installed().stop(namespace, name)
+    else:
+        _installed().ensure_running(namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT})
-def pod_event(namespace, labels, type, logger, **_) -> None:
-    if type is None:  # the initial listing: jobs are resumed by their own handler
-        return
-    try:
-        reconcile_by_name(namespace, labels[JOB_NAME_LABEL])
-    except ForeignChild as exc:  # the job's own handler retries
-        logger.info("%s", exc)
+async def pod_event(namespace, labels, **_) -> None:
+    _installed().poke(namespace, labels[JOB_NAME_LABEL])
+
+
+@kopf.on.cleanup()
+async def stop_job_tasks(**_) -> None:
+    await _installed().stop_all()

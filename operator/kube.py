@@ -75,7 +75,7 @@ class Kube:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+            _drain(self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False))
         except ApiException as exc:  # an event is worth less than the reconcile that emits it
             log.warning("could not post event %s on %s: %s", event.reason, meta["name"], exc.reason)
 
@@ -84,10 +84,20 @@ class Kube:
         return json.loads(response.data)["items"]
 
     def delete_pod(self, namespace: str, name: str) -> None:
+        """Graceful: the kubelet sends SIGTERM (the trainer saves a checkpoint), SIGKILL after the pod's grace period."""
         try:
-            self.core.delete_namespaced_pod(name, namespace, _preload_content=False)
+            _drain(self.core.delete_namespaced_pod(name, namespace, _preload_content=False))
         except ApiException as exc:
             if exc.status != 404:
+                raise
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete the job (its children follow by garbage collection); the UID precondition spares a namesake."""
+        body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
+        try:
+            _drain(self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body=body, _preload_content=False))
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # gone already, or a namesake
                 raise
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -99,4 +109,11 @@ class Kube:
             raise
 
     def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        """A JSON merge patch of status: null removes a key."""
+        _drain(self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False))
+
+
+def _drain(response: Any) -> None:
+    """Read a raw response to the end so its connection goes back to the pool (else every call opens a new one)."""
+    response.drain_conn()
+    response.release_conn()

@@ -9,8 +9,9 @@ import prometheus_client
 from kubernetes import config as kube_config
 
 from . import handlers
+from .job_loop import JobLoops
 from .kube import Kube
-from .progress import ProgressScraper
+from .lifecycle import LifecycleSettings
 from .reconcile import Reconciler
 from .render import RenderContext
 
@@ -38,17 +39,16 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
 
 
 def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: int, metrics_port: int, cluster_domain: str,
-                 progress_interval: float = 15.0, log_format: str = "json", verbose: bool = False) -> int:
+                 progress_interval: float = 15.0, log_format: str = "json", verbose: bool = False,
+                 lifecycle: LifecycleSettings | None = None) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL)
     load_kube_config()
     from .ssh_keys import generate_job_keys
 
-    scraper = ProgressScraper(progress_interval, on_change=handlers.reconcile_by_name) if progress_interval > 0 else None
     kube = Kube()
-    handlers.install(Reconciler(kube=kube, ctx=RenderContext(cluster_domain=cluster_domain), emit=kube.post_event,
-                                generate_ssh_keys=generate_job_keys, scraper=scraper))
-    if scraper is not None:
-        scraper.start()
+    reconciler = Reconciler(kube=kube, ctx=RenderContext(cluster_domain=cluster_domain), emit=kube.post_event,
+                            generate_ssh_keys=generate_job_keys, settings=lifecycle or LifecycleSettings())
+    handlers.install(JobLoops(reconciler, progress_interval))
 
     if metrics_port:
         prometheus_client.start_http_server(metrics_port)

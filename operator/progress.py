@@ -1,23 +1,21 @@
 """Training progress for the job status, pulled from rank 0's Prometheus endpoint.
 
-Pull, like Prometheus itself: worker pods hold no API credentials (their ServiceAccount token is
-not even mounted), so the operator reads `llmtrain_*` from worker 0's /metrics and writes the
-status. A job's progress is re-read every interval while it runs; a change triggers a reconcile.
+Pull, like Prometheus itself: worker pods hold no API credentials (their ServiceAccount token is not
+even mounted), so the operator reads `llmtrain_*` from worker 0's /metrics (job_loop.py, once per
+interval while the job runs) and the lifecycle decides what the numbers mean.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import threading
 import urllib.request
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
-log = logging.getLogger(__name__)
+from .pods import Pod, node_rank, restart_of
 
-JobKey = tuple[str, str]  # (namespace, name)
 FIELDS = {
     "llmtrain_step": "step",
     "llmtrain_loss": "loss",
@@ -27,9 +25,15 @@ FIELDS = {
 }
 
 
-def parse_progress(text: str) -> dict:
+@dataclass(frozen=True)
+class ScrapeTarget:
+    url: str
+    pod_uid: str  # the report is only ever applied to this pod's gang
+
+
+def parse_progress(text: str) -> dict[str, Any]:
     """The progress fields present in a Prometheus text exposition."""
-    found: dict = {}
+    found: dict[str, Any] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             key = FIELDS.get(sample.name)
@@ -45,54 +49,11 @@ def fetch_metrics(url: str, timeout: float = 3.0) -> str:
         return response.read().decode()
 
 
-class ProgressScraper:
-    def __init__(self, interval: float, on_change: Callable[[str, str], None], fetch: Callable[[str], str] = fetch_metrics):
-        self.interval = interval
-        self.on_change = on_change
-        self.fetch = fetch
-        self._targets: dict[JobKey, str] = {}
-        self._latest: dict[JobKey, dict] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-
-    def watch(self, key: JobKey, url: str) -> None:
-        with self._lock:
-            self._targets[key] = url
-
-    def forget(self, key: JobKey) -> None:
-        with self._lock:
-            self._targets.pop(key, None)
-            self._latest.pop(key, None)
-
-    def latest(self, key: JobKey) -> dict | None:
-        with self._lock:
-            return self._latest.get(key)
-
-    def scrape_once(self) -> None:
-        with self._lock:
-            targets = dict(self._targets)
-        for key, url in targets.items():
-            try:
-                progress = parse_progress(self.fetch(url))
-            except (OSError, ValueError) as exc:  # not serving yet, restarting, or unreachable
-                log.debug("no progress from %s: %s", url, exc)
-                continue
-            with self._lock:
-                changed = progress and self._latest.get(key) != progress
-                if changed:
-                    self._latest[key] = progress
-            if changed:
-                self.on_change(*key)
-
-    def run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.scrape_once()
-            except Exception:  # the scraper must outlive any one bad reconcile
-                log.exception("progress scrape failed")
-
-    def start(self) -> None:
-        threading.Thread(target=self.run, name="progress-scraper", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
+def scrape_target(pods: Sequence[Pod], gang: int, port: int) -> Optional[ScrapeTarget]:
+    """Worker 0 of the current gang hosts global rank 0."""
+    rank0: Optional[Mapping[str, Any]] = next((p for p in pods if node_rank(p) == 0 and restart_of(p) == gang), None)
+    ip = ((rank0 or {}).get("status") or {}).get("podIP")
+    if rank0 is None or not ip:
+        return None
+    host = f"[{ip}]" if ":" in ip else ip
+    return ScrapeTarget(url=f"http://{host}:{port}/metrics", pod_uid=rank0["metadata"].get("uid", ""))

@@ -19,6 +19,7 @@ PRINTER_COLUMNS = [
     {"name": "Nodes", "type": "string", "jsonPath": ".status.nodesReady", "description": "Worker pods ready/total"},
     {"name": "Step", "type": "string", "jsonPath": ".status.progress.stepOfTotal", "description": "Training step/total steps"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "description": "Training loss at the last logged step"},
+    {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Gang restarts so far"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -61,7 +62,7 @@ def _structural(node: Any, defs: dict[str, Any], object_defaults: bool = True) -
             # An optional sub-object whose own fields all have defaults gets the object of those
             # defaults, so a manifest that omits it is stored (and diffed by GitOps) complete.
             if prop.get("type") == "object" and "properties" in prop and not prop.get("required") and "default" not in prop and name not in required:
-                prop["default"] = {k: v["default"] for k, v in prop["properties"].items() if "default" in v}
+                prop["default"] = copy.deepcopy({k: v["default"] for k, v in prop["properties"].items() if "default" in v})
     return out
 
 

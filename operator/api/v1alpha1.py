@@ -311,13 +311,86 @@ class NetworkSpec(ApiModel):
 
 
 # ---------------------------------------------------------------------------------- run policy
+class ExitCodesRule(ApiModel):
+    operator: Literal["In", "NotIn"] = Field(..., description="In: the rule matches when the trainer's exit code is one of values; NotIn: when it is none of them.")
+    values: list[int] = Field(..., min_length=1, max_length=255, description="Exit codes (non-zero; 0 never fails a pod).")
+
+
+class PodConditionRule(ApiModel):
+    type: str = Field(..., min_length=1, description="Pod condition type, e.g. DisruptionTarget (set by preemption, eviction, node drain and node loss).")
+    status: Literal["True", "False", "Unknown"] = Field("True", description="Condition status that matches.")
+
+
+class PodFailureRule(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.onExitCodes) != has(self.onPodConditions)", "a podFailurePolicy rule needs exactly one of onExitCodes and onPodConditions"),
+            ]
+        }
+    )
+
+    action: Literal["FailJob", "Ignore", "Count"] = Field(
+        ...,
+        description="FailJob: fail the job at once, no restart. Ignore: restart the gang without counting toward backoffLimit. "
+        "Count: restart the gang and count it toward backoffLimit.",
+    )
+    on_exit_codes: Optional[ExitCodesRule] = Field(None, description="Match the exit code of the failed worker's trainer container.")
+    on_pod_conditions: Optional[list[PodConditionRule]] = Field(
+        None, min_length=1, description="Match when the failed worker pod has any of these conditions. A worker pod deleted by "
+        "anything but the operator counts as having DisruptionTarget=True."
+    )
+
+    @model_validator(mode="after")
+    def _one_matcher(self) -> "PodFailureRule":
+        if (self.on_exit_codes is None) == (self.on_pod_conditions is None):
+            raise ValueError("a podFailurePolicy rule needs exactly one of onExitCodes and onPodConditions")
+        return self
+
+
+def _default_failure_rules() -> list[PodFailureRule]:
+    return [PodFailureRule(action="Ignore", on_pod_conditions=[PodConditionRule(type="DisruptionTarget")])]
+
+
+class PodFailurePolicy(ApiModel):
+    rules: list[PodFailureRule] = Field(
+        default_factory=_default_failure_rules,
+        json_schema_extra={"default": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
+        max_length=20,
+        description="Checked in order against the first worker that failed; the first match decides. A failure no rule matches "
+        "counts toward backoffLimit. Default: one rule, Ignore on DisruptionTarget, so preemption, eviction, node drain, node loss "
+        "and a worker deleted by someone else restart the gang for free, and every other failure (crash, OOM kill, NCCL error, stall) counts. "
+        "Typical addition: {action: FailJob, onExitCodes: {operator: In, values: [1]}} to stop at the first Python exception.",
+    )
+
+
 class RunPolicy(ApiModel):
-    backoff_limit: int = Field(3, ge=0, description="Restarts of the whole gang after a failure before the job is Failed. Validated, not yet enforced: today a failed worker fails the job.")
-    active_deadline_seconds: Optional[int] = Field(None, ge=1, description="Wall-clock limit of the job, from its start. Validated, not yet enforced.")
-    ttl_seconds_after_finished: Optional[int] = Field(None, ge=0, description="Delete the job this long after it finished. Validated, not yet enforced.")
+    backoff_limit: int = Field(
+        3, ge=0, description="Gang restarts that count (see podFailurePolicy) before the job fails with reason BackoffLimitExceeded. "
+        "A restart stops every worker (SIGTERM, so live ranks checkpoint), waits until all are gone and a backoff has passed "
+        "(10 s doubling to 5 min), and starts a new gang that resumes from the latest checkpoint."
+    )
+    pod_failure_policy: PodFailurePolicy = Field(
+        default_factory=PodFailurePolicy, description="Which worker failures fail the job at once, restart it for free, or count toward backoffLimit."
+    )
+    active_deadline_seconds: Optional[int] = Field(
+        None, ge=1, description="Wall-clock limit from the job's start (its first pods), restarts included. Past it the gang is stopped "
+        "(SIGTERM, so the trainer saves) and the job fails with reason DeadlineExceeded."
+    )
+    ttl_seconds_after_finished: Optional[int] = Field(
+        None, ge=0, description="Delete the job, and with it every child, this long after it Succeeded or Failed. Unset: keep it."
+    )
+    stall_timeout_seconds: Optional[int] = Field(
+        None, ge=10, description="Restart the gang (a counted failure, reason Stalled) when rank 0's training step has not advanced "
+        "for this long while Running, e.g. a hung NCCL collective. Unset: off."
+    )
+    startup_timeout_seconds: Optional[int] = Field(
+        None, ge=10, description="Like stallTimeoutSeconds, for the first step of each gang: from all workers Running to the first step "
+        "the operator reads (model build, compilation, data loading and checkpoint loading take minutes). Unset: off."
+    )
     suspend: bool = Field(False, description="Suspended jobs have no pods; resuming starts them from the latest checkpoint. Validated, not yet enforced.")
     clean_pod_policy: Literal["None", "Running", "All"] = Field(
-        "Running", description="Pods deleted when the job finishes: None, Running (still running ones), All."
+        "Running", description="Pods deleted when the job finishes: None, Running (still running ones), All. Pods of a gang being restarted are always deleted."
     )
 
 
@@ -410,6 +483,7 @@ class Progress(ApiModel):
     loss: Optional[float] = Field(None, description="Training loss at the last logged step.")
     tokens_per_second: Optional[float] = Field(None, description="Throughput over the last logging interval, all ranks.")
     mfu: Optional[float] = Field(None, description="Model FLOPs utilization (0–1).")
+    update_time: Optional[str] = Field(None, description="When the operator last saw the step advance (stall detection counts from here).")
 
 
 class CheckpointStatus(ApiModel):
@@ -426,8 +500,12 @@ class FailureStatus(ApiModel):
     pod: Optional[str] = Field(None, description="Failed pod.")
     node: Optional[str] = Field(None, description="Kubernetes node it ran on.")
     exit_code: Optional[int] = Field(None, description="Exit code of the trainer container.")
-    reason: Optional[str] = Field(None, description="Reason (Error, OOMKilled, Evicted, …).")
-    message: Optional[str] = Field(None, description="Detail from the container or pod status.")
+    reason: Optional[str] = Field(
+        None, description="Root cause: OOMKilled, Evicted, Preempted, NodeLost, PodDeleted, NCCLError, UserError (a FailJob rule matched "
+        "the exit code), Stalled, DeadlineExceeded or Error."
+    )
+    message: Optional[str] = Field(None, description="Detail: the failing rank's last error line (the trainer's termination message) or the pod status.")
+    time: Optional[str] = Field(None, description="When the operator saw the failure.")
 
 
 class LLMTrainingJobStatus(ApiModel):
@@ -437,12 +515,16 @@ class LLMTrainingJobStatus(ApiModel):
     observed_generation: Optional[int] = Field(None, description="metadata.generation the status describes.")
     ready_nodes: int = Field(0, description="Worker pods that are Running and Ready.")
     nodes_ready: str = Field("", description="readyNodes/nodes, for display.")
-    restarts: int = Field(0, description="Gang restarts so far.")
+    restarts: int = Field(0, description="Gang restarts so far, counted or not; worker pods carry it as the llmtraining.dev/restart label.")
+    counted_restarts: int = Field(0, description="Restarts that count toward runPolicy.backoffLimit.")
+    restart_time: Optional[str] = Field(None, description="While Restarting: when the next gang may start (the backoff).")
+    first_step_time: Optional[str] = Field(None, description="When the operator first read a training step (time to first step = this - creation).")
+    lost_seconds: float = Field(0, description="Seconds lost to restarts and stalls: for each restart, from the last step read before the failure to the first step of the next gang.")
     start_time: Optional[str] = Field(None, description="When the job's pods were first created.")
     completion_time: Optional[str] = Field(None, description="When the job Succeeded or Failed.")
     progress: Optional[Progress] = Field(None, description="Training progress reported by the trainer.")
     last_checkpoint: Optional[CheckpointStatus] = Field(None, description="Newest complete checkpoint.")
-    failure: Optional[FailureStatus] = Field(None, description="Why the job failed.")
+    failure: Optional[FailureStatus] = Field(None, description="The last failure: why the job failed, or why its last gang was restarted.")
 
 
 class ObjectMeta(BaseModel):

@@ -10,6 +10,9 @@ LABEL_PREFIX = "llmtraining.dev"
 JOB_NAME_LABEL = f"{LABEL_PREFIX}/job-name"
 ROLE_LABEL = f"{LABEL_PREFIX}/role"
 NODE_RANK_LABEL = f"{LABEL_PREFIX}/node-rank"
+# The gang's incarnation (status.restarts when it was created): a late event of an old pod is never
+# taken for the new gang's.
+RESTART_LABEL = f"{LABEL_PREFIX}/restart"
 MANAGED_BY = "llm-training-operator"
 
 CONFIG_MOUNT = "/etc/llmtraining"
@@ -56,7 +59,7 @@ def selector_labels(job: LLMTrainingJob) -> dict[str, str]:
     return {JOB_NAME_LABEL: job.metadata.name}
 
 
-def labels(job: LLMTrainingJob, role: str, rank: int | None = None) -> dict[str, str]:
+def labels(job: LLMTrainingJob, role: str, rank: int | None = None, restart: int | None = None) -> dict[str, str]:
     out = {
         "app.kubernetes.io/name": "llm-training-job",
         "app.kubernetes.io/instance": job.metadata.name,
@@ -66,6 +69,8 @@ def labels(job: LLMTrainingJob, role: str, rank: int | None = None) -> dict[str,
     }
     if rank is not None:
         out[NODE_RANK_LABEL] = str(rank)
+    if restart is not None:
+        out[RESTART_LABEL] = str(restart)
     return out
 
 
@@ -80,10 +85,10 @@ def owner_reference(job: LLMTrainingJob) -> dict:
     }
 
 
-def object_meta(job: LLMTrainingJob, name: str, role: str, rank: int | None = None) -> dict:
+def object_meta(job: LLMTrainingJob, name: str, role: str, rank: int | None = None, restart: int | None = None) -> dict:
     return {
         "name": name,
         "namespace": job.metadata.namespace,
-        "labels": labels(job, role, rank),
+        "labels": labels(job, role, rank, restart),
         "ownerReferences": [owner_reference(job)],
     }

@@ -145,10 +145,11 @@ def _tolerations(job: LLMTrainingJob) -> list[dict]:
     return tolerations
 
 
-def build_worker_pod(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> dict:
+def build_worker_pod(job: LLMTrainingJob, rank: int, ctx: RenderContext, restart: int = 0) -> dict:
+    """restart: the gang's incarnation (status.restarts); the pod's name stays the same across restarts."""
     spec = job.spec
     tmpl = spec.pod_template
-    meta = object_meta(job, worker_name(job, rank), role="worker", rank=rank)
+    meta = object_meta(job, worker_name(job, rank), role="worker", rank=rank, restart=restart)
     meta["labels"] = {**tmpl.labels, **meta["labels"]}
     if tmpl.annotations:
         meta["annotations"] = dict(tmpl.annotations)

@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import pytest
 
+from operator_harness import crd, operator  # noqa: F401  (fixtures: the CRD applied, the operator running)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "hack" / "controlplane.sh"
 E2E_DIR = Path(__file__).resolve().parent

@@ -119,7 +119,9 @@ def test_helm_install_all_namespaces(control_plane: ControlPlane, namespace: str
     assert can_i(cp, sa, "patch", "llmtrainingjobs.llmtraining.dev", "--subresource=status", "-n", "default")
     assert can_i(cp, sa, "watch", "customresourcedefinitions.apiextensions.k8s.io")
     assert not can_i(cp, sa, "list", "secrets", "-n", "default")
-    assert not can_i(cp, sa, "delete", "llmtrainingjobs.llmtraining.dev", "-n", "default")
+    assert can_i(cp, sa, "delete", "llmtrainingjobs.llmtraining.dev", "-n", "default")  # ttlSecondsAfterFinished
+    assert not can_i(cp, sa, "update", "llmtrainingjobs.llmtraining.dev", "-n", "default")  # never rewrites a user's spec
+    assert not can_i(cp, sa, "delete", "configmaps", "-n", "default")
 
     # a job is accepted and the schema defaults fill the spec
     cp.kubectl("-n", namespace, "apply", "-f", str(REPO / "examples" / "tiny-cpu.yaml"))

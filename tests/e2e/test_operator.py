@@ -9,162 +9,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-RULES_FILE = REPO / "charts" / "llm-training-operator" / "files" / "rbac-rules.yaml"
-OPERATOR_NS = "llm-operator-e2e"
-OPERATOR_SA = "llm-training-operator"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class OperatorProcess:
-    """`llm-operator run` as a child process, restartable and killable like a real pod."""
-
-    def __init__(self, control_plane, kubeconfig: str, log_dir: Path):
-        self.cp = control_plane
-        self.kubeconfig = kubeconfig
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        self.health_port = free_port()
-        env = {**os.environ, "KUBECONFIG": self.kubeconfig}
-        self.log_path = self.log_dir / f"operator-{self.starts}.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(self.health_port), "--log-format", "plain", "--metrics-port", "0", "--progress-interval", "1", "-v"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
-        )
-        self.cp.wait_for(self.healthy, timeout=60, what=f"operator liveness endpoint (log: {self.log_path})")
-
-    def healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            pytest.fail(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, like the OOM killer or a node loss."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def service_account_kubeconfig(cp, path: Path) -> str:
-    """A kubeconfig that authenticates as the operator's ServiceAccount (bound to the chart's rules)."""
-    admin = yaml.safe_load(Path(cp.kubeconfig).read_text())
-    cluster = admin["clusters"][0]["cluster"]
-    token = cp.kubectl("-n", OPERATOR_NS, "create", "token", OPERATOR_SA, "--duration=4h").stdout.strip()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "e2e", "cluster": cluster}],
-        "users": [{"name": OPERATOR_SA, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": OPERATOR_SA}}],
-        "current-context": "operator",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
-@pytest.fixture(scope="session")
-def crd(control_plane):
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    control_plane.kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtraining.dev", "--timeout=60s")
-    # kubectl's discovery cache learns about the new resource a moment later
-    control_plane.wait_for(lambda: control_plane.kubectl("explain", "ltj", check=False).returncode == 0, timeout=60, what="ltj in discovery")
-    return "llmtrainingjobs.llmtraining.dev"
-
-
-@pytest.fixture(scope="session")
-def operator(control_plane, crd, tmp_path_factory):
-    rules = yaml.safe_load(RULES_FILE.read_text())
-    control_plane.apply([
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NS}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "llm-training-operator-e2e"},
-         "rules": rules["namespaced"] + rules["cluster"]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "llm-training-operator-e2e"},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "llm-training-operator-e2e"},
-         "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]},
-    ])
-    log_dir = tmp_path_factory.mktemp("operator")
-    kubeconfig = service_account_kubeconfig(control_plane, log_dir / "operator.kubeconfig")
-    # the identity really is least-privileged: it may not, e.g., read secrets cluster-wide or delete nodes
-    assert control_plane.kubectl("auth", "can-i", "list", "secrets", "-A", f"--as=system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}", check=False).stdout.strip() == "no"
-    op = OperatorProcess(control_plane, kubeconfig, log_dir)
-    op.start()
-    yield op
-    op.stop()
-
-
-def job_manifest(name: str, nodes: int = 2, slots: int = 4, **spec_overrides) -> dict:
-    spec = {
-        "image": "ghcr.io/llmtraining/trainer:0.1.0",
-        "nodes": nodes,
-        "slotsPerNode": slots,
-        "model": {"preset": "tiny"},
-        "training": {"steps": 10, "microBatchSize": 1},
-    }
-    spec.update(spec_overrides)
-    return {"apiVersion": "llmtraining.dev/v1alpha1", "kind": "LLMTrainingJob", "metadata": {"name": name}, "spec": spec}
-
-
-def get_job(cp, namespace, name) -> dict:
-    return cp.get_json("ltj", name, "-n", namespace)
-
-
-def job_pods(cp, namespace, name) -> list[dict]:
-    return cp.get_json("pods", "-n", namespace, "-l", f"llmtraining.dev/job-name={name}")["items"]
-
-
-def wait_phase(cp, op, namespace, name, phase, timeout=90) -> dict:
-    def reached():
-        job = get_job(cp, namespace, name)
-        return job if job.get("status", {}).get("phase") == phase else None
-
-    try:
-        return cp.wait_for(reached, timeout=timeout, what=f"job {name} phase {phase}")
-    except BaseException:
-        print(yaml.safe_dump(get_job(cp, namespace, name).get("status")), "\noperator log:\n", op.log_tail(), file=sys.stderr)
-        raise
-
-
-def finish_pod(cp, namespace, pod: str, exit_code: int) -> None:
-    cp.kubectl("-n", namespace, "annotate", "pod", pod, f"{cp.EXIT_CODE_ANNOTATION}={exit_code}", "--overwrite")
+from operator_harness import finish_pod, get_job, job_manifest, job_pods, wait_phase
 
 
 # ---------------------------------------------------------------------------------------------- API
@@ -253,8 +103,8 @@ def test_job_runs_on_gpu_nodes(control_plane, operator, namespace):
         assert job["status"]["progress"]["tokensPerSecond"] == 1000.0
         assert job["status"]["lastCheckpoint"]["step"] == 2
         table = cp.kubectl("get", "ltj", "gang", "-n", namespace).stdout.splitlines()
-        assert table[0].split() == ["NAME", "PHASE", "NODES", "STEP", "LOSS", "AGE"]
-        assert table[1].split()[:5] == ["gang", "Running", "2/2", "4/10", "3.25"]
+        assert table[0].split() == ["NAME", "PHASE", "NODES", "STEP", "LOSS", "RESTARTS", "AGE"]
+        assert table[1].split()[:6] == ["gang", "Running", "2/2", "4/10", "3.25", "0"]
     finally:
         server.shutdown()
 
@@ -272,12 +122,13 @@ def test_job_succeeds_when_all_workers_exit_zero(control_plane, operator, namesp
 
 def test_job_fails_with_the_failed_pod_and_exit_code(control_plane, operator, namespace):
     cp = control_plane
-    cp.apply(job_manifest("crash"), namespace)
+    cp.apply(job_manifest("crash", runPolicy={"backoffLimit": 0}), namespace)
     wait_phase(cp, operator, namespace, "crash", "Running")
     finish_pod(cp, namespace, "crash-worker-1", 137)
     job = wait_phase(cp, operator, namespace, "crash", "Failed")
     failure = job["status"]["failure"]
-    assert failure["pod"] == "crash-worker-1" and failure["rank"] == 1 and failure["exitCode"] == 137
+    assert failure["pod"] == "crash-worker-1" and failure["rank"] == 1 and failure["exitCode"] == 137 and failure["reason"] == "Error"
+    assert {c["type"]: c["reason"] for c in job["status"]["conditions"]}["Failed"] == "BackoffLimitExceeded"
     assert failure["node"]
     # cleanPodPolicy Running (default): the surviving worker is removed, the failed one kept for logs
     cp.wait_for(lambda: [p["metadata"]["name"] for p in job_pods(cp, namespace, "crash")] == ["crash-worker-1"], timeout=60, what="cleanup")
@@ -341,7 +192,7 @@ def test_status_is_written_only_on_change(control_plane, operator, namespace):
 
 def test_recreated_namesake_never_inherits_the_old_jobs_pods(control_plane, operator, namespace):
     cp = control_plane
-    cp.apply(job_manifest("again"), namespace)
+    cp.apply(job_manifest("again", runPolicy={"backoffLimit": 0}), namespace)
     wait_phase(cp, operator, namespace, "again", "Running")
     finish_pod(cp, namespace, "again-worker-1", 137)
     old = wait_phase(cp, operator, namespace, "again", "Failed")

@@ -1,229 +1,343 @@
-"""Job status from pods: phases, conditions, failure, progress; and a reconcile against a fake API."""
+"""The lifecycle decision (lifecycle.decide): every transition as a table row, then the properties that
+make it restart-safe. Pure: pods and statuses are plain dicts, the clock is a parameter."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from llm_operator.api import parse_job
-from llm_operator.kube import ForeignChild
-from llm_operator.reconcile import Reconciler
-from llm_operator.render import RenderContext
-from llm_operator.status import observe
+from llm_operator.lifecycle import LifecycleSettings, decide, restart_backoff, status_patch
 
-T0, T1, T2 = "2026-11-27T10:00:00Z", "2026-11-27T10:05:00Z", "2026-11-27T11:00:00Z"
+T0 = datetime(2026, 11, 27, 10, 0, 0, tzinfo=timezone.utc)
+UID = "0b5c1e5e-1111-2222-3333-444455556666"
+SETTINGS = LifecycleSettings(restart_backoff_seconds=10, restart_backoff_max_seconds=300, node_lost_grace_seconds=60)
 
 
-def pod(rank, phase="Pending", ready=False, exit_code=None, reason=None, job="demo", finished_at=None, owner_uid="0b5c1e5e-1111-2222-3333-444455556666"):
-    status = {"phase": phase}
-    if ready:
-        status["conditions"] = [{"type": "Ready", "status": "True"}]
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def ts(seconds: float) -> str:
+    return at(seconds).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod(rank, phase="Running", *, restart=0, ready=None, exit_code=None, reason=None, finished=None, message=None,
+        conditions=(), deleting=False, not_ready_since=None, uid=None):
+    ready = phase == "Running" if ready is None else ready
+    status = {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                              "lastTransitionTime": ts(not_ready_since if not_ready_since is not None else 0)}]}
+    status["conditions"] += [dict(c) for c in conditions]
     if exit_code is not None:
         terminated = {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error")}
-        if finished_at:
-            terminated["finishedAt"] = finished_at
+        if finished is not None:
+            terminated["finishedAt"] = ts(finished)
+        if message:
+            terminated["message"] = message
         status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": terminated}}]
-    return {
-        "metadata": {"name": f"{job}-worker-{rank}", "labels": {"llmtraining.dev/node-rank": str(rank)},
-                     "ownerReferences": [{"uid": owner_uid}]},
-        "spec": {"nodeName": f"gpu-node-{rank}"},
-        "status": status,
-    }
+    meta = {"name": f"demo-worker-{rank}", "uid": uid or f"pod-{rank}-{restart}",
+            "labels": {"llmtraining.dev/node-rank": str(rank), "llmtraining.dev/restart": str(restart)}, "ownerReferences": [{"uid": UID}]}
+    if deleting:
+        meta["deletionTimestamp"] = ts(0)
+    return {"metadata": meta, "spec": {"nodeName": f"gpu-node-{rank}"}, "status": status}
+
+
+def gang(phase="Running", restart=0, **kw):
+    return [pod(0, phase, restart=restart, **kw), pod(1, phase, restart=restart, **kw)]
 
 
 @pytest.fixture
-def job(manifest):
-    return parse_job(manifest)
+def make_job(manifest):
+    def make(**run_policy):
+        manifest["spec"]["runPolicy"] = run_policy
+        return parse_job(manifest)
+    return make
 
 
-def test_no_pods_is_pending(job):
-    status = observe(job, 1, [], None, T0).status
-    assert status["phase"] == "Pending"
-    assert status["nodesReady"] == "0/2"
-    assert "startTime" not in status
+def run(job, pods, previous=None, now=0, reported=None, observed_since=-3600):
+    return decide(job, 1, pods, previous, at(now), observed_since=at(observed_since), reported=reported, settings=SETTINGS)
 
 
-def test_created_then_running(job):
-    created = observe(job, 1, [pod(0), pod(1)], None, T0)
-    assert created.status["phase"] == "Created"
-    assert created.status["startTime"] == T0
+def running_status(job, restarts=0, **extra):
+    """The status of a job whose gang `restarts` has been Running since T0."""
+    created = run(job, gang("Pending", restart=restarts), {"restarts": restarts, **extra}, now=-10).status
+    return run(job, gang(restart=restarts), created, now=0).status
+
+
+def conditions(status):
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+# ============================================================================================= tables
+def test_gang_start_and_run(make_job):
+    job = make_job()
+    pending = run(job, [])
+    assert pending.create_pods and pending.status["phase"] == "Pending" and "startTime" not in pending.status
+    created = run(job, gang("Pending"), pending.status, now=1)
+    assert created.status["phase"] == "Created" and created.status["startTime"] == ts(1) and not created.create_pods
     assert [e.reason for e in created.events] == ["PodsCreated"]
-
-    running = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], created.status, T1)
-    assert running.status["phase"] == "Running"
-    assert running.status["readyNodes"] == 2 and running.status["nodesReady"] == "2/2"
-    assert running.status["startTime"] == T0
-    assert [e.reason for e in running.events] == ["AllWorkersRunning"]
-    conditions = {c["type"]: c for c in running.status["conditions"]}
-    assert conditions["Created"]["lastTransitionTime"] == T0  # unchanged condition keeps its time
-    assert conditions["Running"]["status"] == "True" and conditions["Running"]["lastTransitionTime"] == T1
+    running = run(job, gang(), created.status, now=5)
+    assert running.status["phase"] == "Running" and running.status["nodesReady"] == "2/2"
+    assert conditions(running.status) == {"Created": ("True", "PodsCreated"), "Running": ("True", "AllWorkersRunning")}
+    again = run(job, gang(), running.status, now=9)
+    assert status_patch(running.status, again.status) == {} and again.events == []
 
 
-def test_unchanged_world_gives_identical_status(job):
-    first = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], None, T0)
-    again = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], first.status, T1)
-    assert again.status == first.status
-    assert again.events == []
+def test_partially_created_gang_is_completed_not_failed(make_job):
+    """The operator was killed mid-creation: a missing pod is created, never taken for a deleted one."""
+    job = make_job()
+    decision = run(job, [pod(0, "Pending")], {"phase": "Pending"})
+    assert decision.create_pods and decision.status["phase"] == "Pending"
 
 
-def test_all_workers_succeed(job):
-    running = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], None, T0).status
-    done = observe(job, 1, [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)], running, T2)
-    assert done.status["phase"] == "Succeeded"
-    assert done.status["completionTime"] == T2
-    assert done.finished
-    conditions = {c["type"]: c["status"] for c in done.status["conditions"]}
-    assert conditions == {"Created": "True", "Running": "False", "Succeeded": "True"}
+@pytest.mark.parametrize(
+    "failed_pod, rules, expect_phase, expect_reason, counted",
+    [
+        (pod(1, "Failed", exit_code=137, reason="OOMKilled"), None, "Restarting", "OOMKilled", 1),
+        (pod(1, "Failed", exit_code=1, message="RuntimeError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error"),
+         None, "Restarting", "NCCLError", 1),
+        (pod(1, "Failed", exit_code=1), [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [1]}}], "Failed", "UserError", 0),
+        (pod(1, "Failed", exit_code=3), [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [1]}}], "Restarting", "Error", 1),
+        (pod(1, "Failed", exit_code=3), [{"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [137]}}], "Failed", "UserError", 0),
+        (pod(1, "Failed", exit_code=3), [{"action": "Ignore", "onExitCodes": {"operator": "In", "values": [3]}}], "Restarting", "Error", 0),
+        (pod(1, "Running", conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]),
+         None, "Restarting", "Preempted", 0),
+        (pod(1, "Failed", exit_code=143, conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}]),
+         None, "Restarting", "Evicted", 0),
+        (pod(1, "Failed", exit_code=143, conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager"}]),
+         None, "Restarting", "NodeLost", 0),
+        (pod(1, "Failed", exit_code=143, conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]),
+         [], "Restarting", "Preempted", 1),  # no rules at all: every failure counts, as in a Job
+        (pod(1, "Running", deleting=True), None, "Restarting", "PodDeleted", 0),
+        (pod(1, "Running", ready=False, not_ready_since=-61), None, "Restarting", "NodeLost", 0),
+    ],
+    ids=["oom-counts", "nccl-counts", "failjob-exit-1", "failjob-other-code", "failjob-notin", "ignore-exit-code", "preempted-ignored",
+         "evicted-ignored", "node-lost-ignored", "no-rules-counts", "deleted-ignored", "not-ready-node-ignored"],
+)
+def test_worker_failure(make_job, failed_pod, rules, expect_phase, expect_reason, counted):
+    policy = {} if rules is None else {"podFailurePolicy": {"rules": rules}}
+    job = make_job(**policy)
+    previous = running_status(job)
+    decision = run(job, [pod(0), failed_pod], previous, now=30)
+    status = decision.status
+    assert status["phase"] == expect_phase
+    assert status["failure"]["reason"] == expect_reason and status["failure"]["pod"] == "demo-worker-1" and status["failure"]["rank"] == 1
+    assert status["countedRestarts"] == counted
+    if expect_phase == "Restarting":
+        assert status["restarts"] == 1
+        assert status["restartTime"] == ts(30 + (10 if counted else 0))
+        assert decision.delete_pods == [n for n in ("demo-worker-0", "demo-worker-1") if not (n == "demo-worker-1" and failed_pod["metadata"].get("deletionTimestamp"))]
+        assert conditions(status)["Restarting"] == ("True", expect_reason)
+        assert conditions(status)["Running"][0] == "False"
+        (event,) = [e for e in decision.events if e.reason == "Restarting"]
+        assert event.type == "Warning" and expect_reason in event.message
+    else:
+        assert conditions(status)["Failed"] == ("True", "PodFailurePolicy") and status["completionTime"] == ts(30)
+        assert status["restarts"] == 0 and decision.delete_pods == ["demo-worker-0"]  # cleanPodPolicy Running
 
 
-def test_one_worker_succeeded_is_not_done(job):
-    status = observe(job, 1, [pod(0, "Succeeded", exit_code=0), pod(1, "Running", True)], None, T0).status
-    assert status["phase"] == "Created"
+def test_node_not_ready_within_grace_waits_and_wakes(make_job):
+    job = make_job()
+    decision = run(job, [pod(0), pod(1, ready=False, not_ready_since=20)], running_status(job), now=30)
+    assert decision.status["phase"] == "Running" and decision.wake_after == 50  # 20 + 60 - 30
 
 
-def test_failed_worker_fails_the_job_with_details(job):
-    running = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], None, T0).status
-    failed = observe(job, 1, [pod(0, "Running", True), pod(1, "Failed", exit_code=137, reason="OOMKilled")], running, T1)
-    assert failed.status["phase"] == "Failed"
-    assert failed.status["failure"] == {"rank": 1, "pod": "demo-worker-1", "node": "gpu-node-1", "exitCode": 137, "reason": "OOMKilled"}
-    (warning,) = [e for e in failed.events if e.type == "Warning"]
-    assert warning.message == "worker demo-worker-1 (node rank 1) failed with exit code 137: OOMKilled"
-    # terminal: later pod changes do not move the phase
-    later = observe(job, 1, [pod(0, "Succeeded", exit_code=0), pod(1, "Failed", exit_code=137)], failed.status, T2)
-    assert later.status["phase"] == "Failed" and later.status["completionTime"] == T1
+def test_vanished_worker_restarts_without_counting(make_job):
+    job = make_job()
+    decision = run(job, [pod(0)], running_status(job), now=30)
+    assert decision.status["phase"] == "Restarting" and decision.status["failure"]["reason"] == "PodDeleted"
+    assert decision.status["countedRestarts"] == 0 and decision.delete_pods == ["demo-worker-0"]
 
 
-def test_failure_names_the_first_worker_to_fail(job):
-    pods = [pod(0, "Failed", exit_code=1, finished_at="2026-11-27T10:00:09Z"),  # NCCL error: a victim
-            pod(1, "Failed", exit_code=137, reason="OOMKilled", finished_at="2026-11-27T10:00:02Z")]
-    assert observe(job, 1, pods, None, T0).status["failure"]["pod"] == "demo-worker-1"
+def test_first_worker_to_fail_is_the_cause(make_job):
+    job = make_job()
+    pods = [pod(0, "Failed", exit_code=1, finished=25, message="NCCL watchdog timeout"),  # a victim
+            pod(1, "Failed", exit_code=137, reason="OOMKilled", finished=20)]
+    failure = run(job, pods, running_status(job), now=30).status["failure"]
+    assert (failure["pod"], failure["reason"], failure["exitCode"], failure["node"]) == ("demo-worker-1", "OOMKilled", 137, "gpu-node-1")
 
 
-def test_succeeded_job_shows_every_step_done(job):
-    reported = {"step": 9, "loss": 1.0}
-    running = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], None, T0, reported).status
-    done = observe(job, 1, [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)], running, T1).status
-    assert done["progress"]["step"] == 10 and done["progress"]["stepOfTotal"] == "10/10" and done["progress"]["loss"] == 1.0
+def test_restart_sequence_waits_for_old_pods_then_backoff_then_new_gang(make_job):
+    job = make_job()
+    restarting = run(job, [pod(0), pod(1, "Failed", exit_code=137)], running_status(job), now=30).status
+    # the old gang is still terminating: stop what is not stopped yet, create nothing
+    old = [pod(0, deleting=True), pod(1, "Failed", exit_code=137)]
+    waiting = run(job, old, restarting, now=31)
+    assert not waiting.create_pods and waiting.delete_pods == ["demo-worker-1"] and waiting.status["phase"] == "Restarting"
+    # gone, backoff not over: wake at restartTime
+    backoff = run(job, [], restarting, now=35)
+    assert not backoff.create_pods and backoff.wake_after == 5
+    # backoff over: the next gang
+    create = run(job, [], restarting, now=40)
+    assert create.create_pods
+    created = run(job, gang("Pending", restart=1), restarting, now=41).status
+    assert created["phase"] == "Created" and "restartTime" not in created
+    running = run(job, gang(restart=1), created, now=45).status
+    assert running["phase"] == "Running" and running["restarts"] == 1
+    assert conditions(running)["Restarting"] == ("False", "GangRunning")
 
 
-def test_pod_deleted_while_running_fails_the_job(job):
-    running = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], None, T0).status
-    failed = observe(job, 1, [pod(0, "Running", True)], running, T1).status
-    assert failed["phase"] == "Failed"
-    assert failed["failure"]["pod"] == "demo-worker-1" and failed["failure"]["reason"] == "PodDeleted"
+def test_late_event_of_an_old_pod_is_never_taken_for_the_new_gang(make_job):
+    job = make_job()
+    restarting = run(job, [pod(0), pod(1, "Failed", exit_code=137)], running_status(job), now=30).status
+    running = run(job, gang(restart=1), run(job, gang("Pending", restart=1), restarting, now=41).status, now=45).status
+    # a stale pod of gang 0 shows up failed (e.g. a delayed listing): it is stopped, the new gang is untouched
+    decision = run(job, gang(restart=1) + [pod(1, "Failed", restart=0, exit_code=1, uid="old")], running, now=50)
+    assert decision.status["restarts"] == 1 and decision.status["phase"] == "Running"
 
 
-def test_ssh_mode_succeeds_when_the_launcher_does(manifest):
+def test_backoff_limit(make_job):
+    job = make_job(backoffLimit=1)
+    once = run(job, [pod(0), pod(1, "Failed", exit_code=137)], running_status(job), now=30).status
+    assert once["phase"] == "Restarting" and once["countedRestarts"] == 1
+    second_gang = running_status(job, restarts=1, countedRestarts=1, failure=once["failure"], conditions=once["conditions"])
+    spent = run(job, [pod(0, restart=1), pod(1, "Failed", restart=1, exit_code=137)], second_gang, now=300)
+    assert spent.status["phase"] == "Failed" and conditions(spent.status)["Failed"] == ("True", "BackoffLimitExceeded")
+    assert spent.status["failure"]["reason"] == "Error" and spent.status["restarts"] == 1
+    assert "backoffLimit (1)" in [e for e in spent.events if e.reason == "BackoffLimitExceeded"][0].message
+    # an Ignore failure never exhausts it
+    free = run(job, [pod(0, restart=1), pod(1, "Running", restart=1, deleting=True)], second_gang, now=300)
+    assert free.status["phase"] == "Restarting" and free.status["countedRestarts"] == 1 and free.status["restarts"] == 2
+
+
+@pytest.mark.parametrize("counted, expected", [(0, 0), (1, 10), (2, 20), (3, 40), (5, 160), (6, 300), (20, 300)])
+def test_restart_backoff_doubles_and_is_capped(counted, expected):
+    assert restart_backoff(counted, SETTINGS) == expected
+
+
+def test_active_deadline(make_job):
+    job = make_job(activeDeadlineSeconds=100)
+    previous = running_status(job)  # started at -10
+    before = run(job, gang(), previous, now=50)
+    assert before.status["phase"] == "Running" and before.wake_after == 40
+    after = run(job, gang(), previous, now=95)
+    assert after.status["phase"] == "Failed" and after.status["failure"]["reason"] == "DeadlineExceeded"
+    assert conditions(after.status)["Failed"] == ("True", "DeadlineExceeded")
+    assert sorted(after.delete_pods) == ["demo-worker-0", "demo-worker-1"]
+
+
+def test_deadline_stops_the_gang_whatever_the_clean_pod_policy(make_job):
+    job = make_job(activeDeadlineSeconds=100, cleanPodPolicy="None")
+    after = run(job, gang(), running_status(job), now=95)
+    assert sorted(after.delete_pods) == ["demo-worker-0", "demo-worker-1"]
+
+
+def test_ttl_after_finished(make_job):
+    job = make_job(ttlSecondsAfterFinished=30)
+    done = run(job, gang("Succeeded", exit_code=0), running_status(job), now=10)
+    assert done.status["phase"] == "Succeeded" and done.wake_after == 30 and not done.delete_job
+    assert run(job, gang("Succeeded", exit_code=0), done.status, now=39).wake_after == 1
+    assert run(job, gang("Succeeded", exit_code=0), done.status, now=40).delete_job
+
+
+def test_no_ttl_keeps_the_job(make_job):
+    job = make_job()
+    done = run(job, gang("Succeeded", exit_code=0), running_status(job), now=10)
+    assert not done.delete_job and done.wake_after is None
+
+
+def reported(step, pod_uid="pod-0-0", **extra):
+    return {"step": step, "podUid": pod_uid, **extra}
+
+
+def test_stall_restarts_the_gang_as_a_counted_failure(make_job):
+    job = make_job(stallTimeoutSeconds=60)
+    stepping = run(job, gang(), running_status(job), now=10, reported=reported(5, loss=2.0)).status
+    assert stepping["progress"]["updateTime"] == ts(10) and stepping["firstStepTime"] == ts(10)
+    quiet = run(job, gang(), stepping, now=69, reported=reported(5, loss=2.0))
+    assert quiet.status["phase"] == "Running" and quiet.wake_after == 1
+    stalled = run(job, gang(), stepping, now=70, reported=reported(5, loss=2.0))
+    assert stalled.status["phase"] == "Restarting" and stalled.status["failure"]["reason"] == "Stalled"
+    assert stalled.status["countedRestarts"] == 1 and conditions(stalled.status)["Stalled"] == ("True", "Stalled")
+    assert "Stalled" in [e.reason for e in stalled.events]
+    assert stalled.status["lostSeconds"] == 60  # from the last step read to the decision
+
+
+def test_stall_is_never_judged_on_time_the_operator_did_not_watch(make_job):
+    job = make_job(stallTimeoutSeconds=60)
+    stepping = run(job, gang(), running_status(job), now=10, reported=reported(5)).status
+    # the operator restarted at 500 s: it waits a whole timeout from then before calling it a stall
+    fresh_operator = run(job, gang(), stepping, now=510, observed_since=500)
+    assert fresh_operator.status["phase"] == "Running" and fresh_operator.wake_after == 50
+
+
+def test_startup_timeout_before_the_first_step(make_job):
+    job = make_job(startupTimeoutSeconds=120, stallTimeoutSeconds=60)
+    previous = running_status(job)  # Running since 0, no step read yet
+    assert run(job, gang(), previous, now=100).status["phase"] == "Running"
+    late = run(job, gang(), previous, now=120)
+    assert late.status["phase"] == "Restarting" and "no training step" in late.status["failure"]["message"]
+
+
+def test_progress_of_another_gangs_pod_is_ignored(make_job):
+    job = make_job()
+    status = run(job, gang(), running_status(job), now=10, reported=reported(5, pod_uid="pod-0-old")).status
+    assert status["progress"]["step"] == 0
+
+
+@pytest.mark.parametrize("bad", [reported(11), reported(-1), reported(3, loss=float("nan"))])
+def test_implausible_progress_is_ignored(make_job, bad):
+    job = make_job()
+    status = run(job, gang(), running_status(job), now=10, reported=bad).status
+    assert status["progress"] == {"step": 0, "totalSteps": 10, "stepOfTotal": "0/10"}
+
+
+def test_progress_and_checkpoint_survive_a_restart(make_job):
+    job = make_job()
+    stepping = run(job, gang(), running_status(job), now=10, reported=reported(7, loss=2.5, lastCheckpointStep=5)).status
+    assert stepping["lastCheckpoint"] == {"step": 5, "tag": "global_step5", "path": "/checkpoints/checkpoints/global_step5"}
+    restarting = run(job, [pod(0), pod(1, "Failed", exit_code=137)], stepping, now=30)
+    assert restarting.status["lastCheckpoint"]["step"] == 5 and restarting.status["progress"]["step"] == 7
+    assert "from checkpoint global_step5" in [e for e in restarting.events if e.reason == "Restarting"][0].message
+
+
+def test_lost_seconds_run_from_the_last_step_to_the_next_gangs_first_step(make_job):
+    job = make_job()
+    stepping = run(job, gang(), running_status(job), now=10, reported=reported(7)).status
+    restarting = run(job, [pod(0), pod(1, "Failed", exit_code=137)], stepping, now=30).status
+    assert restarting["lostSeconds"] == 20
+    created = run(job, gang("Pending", restart=1), restarting, now=41).status
+    running = run(job, gang(restart=1), created, now=45).status
+    first = run(job, gang(restart=1), running, now=100, reported=reported(6, pod_uid="pod-0-1")).status
+    assert first["lostSeconds"] == 20 + 70 and first["firstStepTime"] == ts(10)
+
+
+def test_all_workers_succeed(make_job):
+    job = make_job()
+    done = run(job, gang("Succeeded", exit_code=0), running_status(job), now=20)
+    assert done.finished and done.status["completionTime"] == ts(20)
+    assert done.status["progress"]["stepOfTotal"] == "10/10"
+    assert conditions(done.status) == {"Created": ("True", "PodsCreated"), "Running": ("False", "JobSucceeded"), "Succeeded": ("True", "JobSucceeded")}
+    assert done.delete_pods == []
+
+
+def test_one_worker_succeeded_is_not_done(make_job):
+    job = make_job()
+    assert run(job, [pod(0, "Succeeded", exit_code=0), pod(1)], running_status(job), now=20).status["phase"] == "Running"
+
+
+def test_ssh_mode_succeeds_when_the_launcher_does_and_stops_the_sshd_workers(manifest):
     manifest["spec"]["launcher"] = {"mode": "ssh"}
     job = parse_job(manifest)
-    status = observe(job, 1, [pod(0, "Succeeded", exit_code=0), pod(1, "Running", True)], None, T0).status
-    assert status["phase"] == "Succeeded"
+    done = run(job, [pod(0, "Succeeded", exit_code=0), pod(1)], running_status(job), now=20)
+    assert done.status["phase"] == "Succeeded" and done.delete_pods == ["demo-worker-1"]
 
 
-def test_progress_is_what_rank_zero_reported(job):
-    reported = {"step": 7, "loss": 2.5, "tokensPerSecond": 1234.5, "mfu": 0.41, "lastCheckpointStep": 5}
-    status = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], None, T0, reported).status
-    assert status["progress"] == {"step": 7, "totalSteps": 10, "stepOfTotal": "7/10", "loss": 2.5, "tokensPerSecond": 1234.5, "mfu": 0.41}
-    assert status["lastCheckpoint"] == {"step": 5, "tag": "global_step5", "path": "/checkpoints/checkpoints/global_step5"}
-    # nothing new reported (e.g. after an operator restart): the last known progress stays
-    again = observe(job, 1, [pod(0, "Running", True), pod(1, "Running", True)], status, T1).status
-    assert again["progress"] == status["progress"] and again["lastCheckpoint"] == status["lastCheckpoint"]
+def test_finished_job_never_moves(make_job):
+    job = make_job()
+    failed = run(job, [pod(0), pod(1, "Failed", exit_code=1)], running_status(job, countedRestarts=3), now=20).status
+    later = run(job, [pod(0, "Succeeded", exit_code=0), pod(1, "Failed", exit_code=1)], failed, now=50)
+    assert later.status["phase"] == "Failed" and later.status["completionTime"] == ts(20) and not later.create_pods
 
 
-def test_no_progress_yet(job):
-    assert observe(job, 1, [], None, T0).status["progress"] == {"step": 0, "totalSteps": 10, "stepOfTotal": "0/10"}
+@pytest.mark.parametrize("policy, deleted", [("Running", ["demo-worker-0"]), ("All", ["demo-worker-0", "demo-worker-1"]), ("None", [])])
+def test_clean_pod_policy(make_job, policy, deleted):
+    job = make_job(cleanPodPolicy=policy, backoffLimit=0)
+    decision = run(job, [pod(0), pod(1, "Failed", exit_code=1)], running_status(job), now=20)
+    assert decision.status["phase"] == "Failed" and sorted(decision.delete_pods) == deleted
 
 
-class FakeKube:
-    """Records what the reconciler does; objects live in dicts like on a real API server."""
-
-    def __init__(self, body):
-        self.body = body
-        self.objects = {}
-        self.status_patches = []
-        self.deleted = []
-
-    def create_if_absent(self, obj):
-        key = (obj["kind"], obj["metadata"]["name"])
-        if key in self.objects:
-            if self.objects[key]["metadata"]["ownerReferences"][0]["uid"] != obj["metadata"]["ownerReferences"][0]["uid"]:
-                raise ForeignChild(key)
-            return False
-        self.objects[key] = obj
-        return True
-
-    def list_job_pods(self, namespace, job_name):
-        return [o for (kind, _), o in self.objects.items() if kind == "Pod" and o["metadata"]["name"] not in self.deleted]
-
-    def delete_pod(self, namespace, name):
-        self.deleted.append(name)
-
-    def patch_job_status(self, namespace, name, status):
-        self.status_patches.append(status)
-        self.body["status"] = status
-
-
-def make_reconciler(body):
-    events = []
-    keys_made = []
-
-    def keys():
-        keys_made.append(1)
-        return {"id_ed25519": f"key-{len(keys_made)}"}
-
-    reconciler = Reconciler(kube=FakeKube(body), ctx=RenderContext(), emit=lambda b, e: events.append(e), generate_ssh_keys=keys)
-    return reconciler, events, keys_made
-
-
-def test_reconcile_is_idempotent(manifest):
-    manifest["spec"]["launcher"] = {"mode": "ssh"}
-    reconciler, events, keys_made = make_reconciler(manifest)
-    reconciler.reconcile(manifest)
-    created = dict(reconciler.kube.objects)
-    assert sorted(created) == [("ConfigMap", "demo-config"), ("Pod", "demo-worker-0"), ("Pod", "demo-worker-1"), ("Secret", "demo-ssh"), ("Service", "demo")]
-    patches = len(reconciler.kube.status_patches)
-    reconciler.reconcile(manifest)  # nothing changed: no new objects, no status write, no new keys
-    assert reconciler.kube.objects == created
-    assert len(reconciler.kube.status_patches) == patches
-    assert keys_made == [1]
-    del reconciler.kube.objects[("Pod", "demo-worker-1")]  # e.g. the operator died before creating it
-    reconciler.reconcile(manifest)
-    assert ("Pod", "demo-worker-1") in reconciler.kube.objects
-    assert reconciler.kube.objects[("Secret", "demo-ssh")]["stringData"] == {"id_ed25519": "key-1"}  # the first keys stay
-
-
-def test_reconcile_never_adopts_a_deleted_namesakes_children(manifest):
-    reconciler, _, _ = make_reconciler(manifest)
-    old = dict(manifest, metadata={**manifest["metadata"], "uid": "old-uid"})
-    reconciler.reconcile(old)
-    assert reconciler.kube.list_job_pods("team-a", "demo")  # the old job's pods, awaiting garbage collection
-    manifest.pop("status", None)
-    with pytest.raises(ForeignChild):
-        reconciler.reconcile(manifest)
-    assert "status" not in manifest  # the old pods' state was not taken for the new job's
-
-
-def test_reconcile_cleans_running_pods_after_failure(manifest):
-    reconciler, events, _ = make_reconciler(manifest)
-    reconciler.reconcile(manifest)
-    objects = reconciler.kube.objects
-    objects[("Pod", "demo-worker-0")]["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
-    objects[("Pod", "demo-worker-1")]["status"] = pod(1, "Failed", exit_code=1)["status"]
-    reconciler.reconcile(manifest)
-    assert manifest["status"]["phase"] == "Failed"
-    assert reconciler.kube.deleted == ["demo-worker-0"]  # cleanPodPolicy Running: only the still-running one
-    assert any(e.reason == "WorkerFailed" and e.type == "Warning" for e in events)
-
-
-def test_reconcile_does_not_recreate_pods_of_a_finished_job(manifest):
-    reconciler, _, _ = make_reconciler(manifest)
-    manifest["status"] = {"phase": "Succeeded"}
-    reconciler.reconcile(manifest)
-    assert not [k for k in reconciler.kube.objects if k[0] == "Pod"]
-
-
-def test_reconcile_reports_an_unrunnable_spec(manifest):
-    manifest["spec"]["training"]["globalBatchSize"] = 33
-    reconciler, events, _ = make_reconciler(manifest)
-    reconciler.reconcile(manifest)
-    assert manifest["status"]["phase"] == "Failed"
-    (condition,) = manifest["status"]["conditions"]
-    assert condition["reason"] == "InvalidSpec" and "globalBatchSize (33)" in condition["message"]
-    assert reconciler.kube.objects == {}
+def test_status_patch_removes_cleared_keys():
+    assert status_patch({"phase": "Restarting", "restartTime": "x"}, {"phase": "Created"}) == {"phase": "Created", "restartTime": None}
+    assert status_patch({"phase": "Running"}, {"phase": "Running"}) == {}

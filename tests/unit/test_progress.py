@@ -1,8 +1,6 @@
 """The operator reads training progress from the trainer's own metrics registry."""
 
-import pytest
-
-from llm_operator.progress import ProgressScraper, parse_progress
+from llm_operator.progress import parse_progress, scrape_target
 
 
 def trainer_exposition(step=12, loss=3.5, tokens=4096.0, mfu=0.25, checkpoint=10):
@@ -24,40 +22,18 @@ def test_parse_the_trainers_metrics():
     assert parse_progress(trainer_exposition()) == {"step": 12, "loss": 3.5, "tokensPerSecond": 4096.0, "mfu": 0.25, "lastCheckpointStep": 10}
 
 
-def test_scraper_reports_changes_only():
-    pages = {"http://10.0.0.1:9090/metrics": trainer_exposition(step=1)}
-    changed = []
-    scraper = ProgressScraper(interval=1, on_change=lambda ns, name: changed.append((ns, name)), fetch=pages.__getitem__)
-    scraper.watch(("ns", "job"), "http://10.0.0.1:9090/metrics")
-    scraper.scrape_once()
-    scraper.scrape_once()
-    assert changed == [("ns", "job")]
-    assert scraper.latest(("ns", "job"))["step"] == 1
-    pages["http://10.0.0.1:9090/metrics"] = trainer_exposition(step=2)
-    scraper.scrape_once()
-    assert changed == [("ns", "job")] * 2 and scraper.latest(("ns", "job"))["step"] == 2
-
-
-def test_unreachable_endpoint_is_not_an_error():
-    def refuse(url):
-        raise ConnectionRefusedError(url)
-
-    scraper = ProgressScraper(interval=1, on_change=pytest.fail, fetch=refuse)
-    scraper.watch(("ns", "job"), "http://10.0.0.1:9090/metrics")
-    scraper.scrape_once()
-    assert scraper.latest(("ns", "job")) is None
-    scraper.forget(("ns", "job"))
-
-
 def test_diverged_loss_is_dropped_not_sent():
     # NaN cannot be written into JSON: sending it made every later status patch fail.
     progress = parse_progress(trainer_exposition(loss=float("nan"), tokens=float("inf")))
     assert "loss" not in progress and "tokensPerSecond" not in progress and progress["step"] == 12
 
 
-def test_forgetting_a_job_drops_its_progress():
-    scraper = ProgressScraper(interval=1, on_change=lambda ns, name: None, fetch=lambda url: trainer_exposition())
-    scraper.watch(("ns", "job"), "http://10.0.0.1:9090/metrics")
-    scraper.scrape_once()
-    scraper.forget(("ns", "job"))
-    assert scraper.latest(("ns", "job")) is None  # a re-created namesake starts from nothing
+def worker0(restart, ip="10.1.2.3"):
+    return {"metadata": {"name": "demo-worker-0", "uid": f"uid-{restart}", "labels": {"llmtraining.dev/node-rank": "0", "llmtraining.dev/restart": str(restart)}},
+            "status": {"podIP": ip}}
+
+
+def test_scrape_target_is_worker_zero_of_the_current_gang():
+    target = scrape_target([worker0(0), worker0(1, ip="fd00::7")], gang=1, port=9090)
+    assert target is not None and target.url == "http://[fd00::7]:9090/metrics" and target.pod_uid == "uid-1"
+    assert scrape_target([worker0(0)], gang=1, port=9090) is None

@@ -1,0 +1,35 @@
+"""Job conditions: one upsert that keeps lastTransitionTime unless the status changes, so an unchanged
+world yields an identical status and the operator writes nothing."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+CREATED, RUNNING, RESTARTING, STALLED, SUCCEEDED, FAILED = "Created", "Running", "Restarting", "Stalled", "Succeeded", "Failed"
+
+
+def find(conditions: list[dict[str, Any]], type_: str) -> Optional[dict[str, Any]]:
+    return next((c for c in conditions if c["type"] == type_), None)
+
+
+def is_true(conditions: list[dict[str, Any]], type_: str) -> bool:
+    found = find(conditions, type_)
+    return found is not None and found["status"] == "True"
+
+
+def set_condition(conditions: list[dict], type_: str, status: str, reason: str, message: str, now: str, generation: int | None) -> bool:
+    """Upsert a condition; lastTransitionTime moves only when status does. Returns whether status changed."""
+    for condition in conditions:
+        if condition["type"] == type_:
+            changed = condition["status"] != status
+            if changed:
+                condition["lastTransitionTime"] = now
+            condition.update(status=status, reason=reason, message=message)
+            if generation is not None:
+                condition["observedGeneration"] = generation
+            return changed
+    entry = {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": now}
+    if generation is not None:
+        entry["observedGeneration"] = generation
+    conditions.append(entry)
+    return status == "True"

@@ -1,0 +1,123 @@
+"""One asyncio task per job, on Kopf's event loop: it reconciles when a pod event pokes it, when a timer
+of the last decision is due (restart backoff, deadline, TTL, stall), when rank 0's metrics change, and
+again with backoff when a reconcile fails (the API server restarting, RBAC settling): nothing is lost.
+
+Everything for one job runs in its task, so reconciles of a job never overlap and a burst of pod events
+coalesces into one reconcile. One job's failure never delays another's.
+
+Why not a Kopf daemon or timer: Kopf 1.45 puts a finalizer on every object that has one, and a finalizer
+makes each deletion wait for the operator (a job deleted while the operator is down never goes, a
+namespace hangs in Terminating, and a job deleted and applied again at once is applied to the dying
+object). The task is started from Kopf's watch of the jobs instead, and stopped by its DELETED event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable, Optional
+
+from .clock import utcnow
+from .kube import ForeignChild
+from .progress import ScrapeTarget, fetch_metrics, parse_progress
+from .reconcile import Reconciler
+
+log = logging.getLogger(__name__)
+
+JobKey = tuple[str, str]  # (namespace, name)
+RESYNC_SECONDS = 600.0  # a reconcile at least this often, whatever was (not) seen
+RETRY_SECONDS = (1.0, 60.0)  # after a failed reconcile: first delay, cap
+
+
+class JobLoops:
+    def __init__(self, reconciler: Reconciler, progress_interval: float, fetch: Callable[[str], str] = fetch_metrics):
+        self.reconciler = reconciler
+        self.progress_interval = progress_interval
+        self.fetch = fetch
+        self._pokes: dict[JobKey, asyncio.Event] = {}
+        self._tasks: dict[JobKey, asyncio.Task] = {}
+
+    def ensure_running(self, namespace: str, name: str) -> None:
+        """Start the job's task unless it runs. Call from the event loop (a Kopf handler)."""
+        key = (namespace, name)
+        if key not in self._tasks:
+            task = asyncio.get_running_loop().create_task(self.run(namespace, name), name=f"job {namespace}/{name}")
+            self._tasks[key] = task
+            task.add_done_callback(lambda done: self._tasks.pop(key, None) if self._tasks.get(key) is done else None)
+
+    def stop(self, namespace: str, name: str) -> None:
+        task = self._tasks.pop((namespace, name), None)
+        if task is not None:
+            task.cancel()
+
+    async def stop_all(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def poke(self, namespace: str, name: str) -> None:
+        """Something about the job changed (a pod event): reconcile soon. Call from the event loop."""
+        self._poke_event((namespace, name)).set()
+
+    def _poke_event(self, key: JobKey) -> asyncio.Event:
+        return self._pokes.setdefault(key, asyncio.Event())
+
+    async def run(self, namespace: str, name: str) -> None:
+        """Until the job is gone (or the task is cancelled: the job was deleted, the operator stops)."""
+        key = (namespace, name)
+        poke = self._poke_event(key)
+        loop = asyncio.get_running_loop()
+        observed_since = utcnow()
+        reported: Optional[dict[str, Any]] = None
+        target: Optional[ScrapeTarget] = None
+        due = loop.time()  # when to reconcile next
+        next_scrape = loop.time()
+        failures = 0
+        try:
+            while True:
+                if loop.time() >= due or poke.is_set():
+                    poke.clear()
+                    try:
+                        outcome = await asyncio.to_thread(self.reconciler.reconcile_by_name, namespace, name, observed_since, reported)
+                    except Exception as exc:  # retried: whatever triggered this reconcile must not be lost
+                        failures += 1
+                        delay = min(RETRY_SECONDS[0] * 2 ** (failures - 1), RETRY_SECONDS[1])
+                        level = logging.INFO if isinstance(exc, ForeignChild) else logging.WARNING
+                        log.log(level, "reconcile of %s/%s failed (retry in %.0f s): %s", namespace, name, delay, exc, exc_info=level == logging.WARNING)
+                        due = loop.time() + delay
+                        continue
+                    failures = 0
+                    if outcome is None:
+                        return  # the job is gone
+                    target = outcome.scrape
+                    if target is None:
+                        reported = None
+                    wake = outcome.decision.wake_after
+                    due = loop.time() + (wake if wake is not None else RESYNC_SECONDS)
+                if not self.progress_interval > 0:
+                    target = None  # progress reading is off
+                if target is not None and loop.time() >= next_scrape:
+                    next_scrape = loop.time() + self.progress_interval
+                    progress = await self._scrape(target)
+                    if progress is not None and progress != reported:
+                        reported = progress
+                        due = loop.time()
+                        continue
+                wait_until = min(due, next_scrape) if target is not None else due
+                try:
+                    await asyncio.wait_for(poke.wait(), timeout=max(0.0, wait_until - loop.time()))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self._pokes.pop(key, None)
+
+    async def _scrape(self, target: ScrapeTarget) -> Optional[dict[str, Any]]:
+        try:
+            text = await asyncio.to_thread(self.fetch, target.url)
+            progress = parse_progress(text)
+        except (OSError, ValueError) as exc:  # not serving yet, restarting, or unreachable
+            log.debug("no progress from %s: %s", target.url, exc)
+            return None
+        return {**progress, "podUid": target.pod_uid} if progress else None

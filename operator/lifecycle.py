@@ -1,0 +1,401 @@
+"""What the operator does next for one job: a pure function of the job, its pods, the previous status, the
+clock and rank 0's latest metrics. reconcile.py carries the decision out; tests/unit/test_lifecycle.py
+tables every transition.
+
+    Pending → Created → Running → Succeeded
+                ↑          │ a worker fails, is deleted or preempted, loses its node, or the step stalls
+                └── Restarting: stop the whole gang; once every old pod is gone and the backoff has
+                    passed, create the next gang (pods labelled with the new restart count)
+    any → Failed: a FailJob rule, backoffLimit spent, activeDeadlineSeconds passed
+
+The status is the only memory: it is written before pods are stopped, so an operator killed at any
+point finds the restart count it decided and converges to exactly one gang.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Mapping, Optional, Sequence
+
+from .api import LLMTrainingJob
+from .clock import parse_time, rfc3339, seconds_between
+from .conditions import CREATED, FAILED, RESTARTING, RUNNING, STALLED, SUCCEEDED, find, is_true, set_condition
+from .failures import Failure, action_for, deleted_pod, failed_pod, first_of, node_lost, stalled, vanished_pod
+from .pods import (
+    Pod,
+    has_failed,
+    has_succeeded,
+    is_disrupted,
+    is_finished,
+    is_ready,
+    is_running,
+    is_terminating,
+    name_of,
+    node_rank,
+    not_ready_since,
+    restart_of,
+)
+from .render.names import checkpoint_dir, worker_name
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    """Operator-wide timings (command-line flags), not part of the API."""
+
+    restart_backoff_seconds: float = 10.0  # first counted restart; doubles with each one
+    restart_backoff_max_seconds: float = 300.0
+    node_lost_grace_seconds: float = 60.0  # a running worker not Ready this long has lost its node
+
+
+@dataclass
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+    create_pods: bool = False  # create the missing pods of gang status.restarts
+    delete_pods: list[str] = field(default_factory=list)  # stop these: SIGTERM, then SIGKILL after their grace period
+    delete_job: bool = False  # ttlSecondsAfterFinished has passed
+    wake_after: Optional[float] = None  # seconds until a timer may fire with no event in between
+
+    @property
+    def finished(self) -> bool:
+        return self.status.get("phase") in TERMINAL_PHASES
+
+
+def restart_backoff(counted_restarts: int, settings: LifecycleSettings) -> float:
+    """Exponential and capped, like a Job's pod backoff: a crash loop must not hammer the scheduler."""
+    if counted_restarts <= 0:
+        return 0.0
+    return min(settings.restart_backoff_seconds * 2 ** (counted_restarts - 1), settings.restart_backoff_max_seconds)
+
+
+class _Draft:
+    """The status being decided, and the condition setters that emit an Event on a transition."""
+
+    def __init__(self, job: LLMTrainingJob, generation: Optional[int], previous: Mapping[str, Any], now: datetime):
+        self.job, self.now, self.stamp, self.generation = job, now, rfc3339(now), generation
+        self.previous = dict(previous)
+        self.status: dict[str, Any] = {k: v for k, v in previous.items() if k != "conditions"}
+        self.status["observedGeneration"] = generation
+        self.status.setdefault("restarts", 0)
+        self.status.setdefault("countedRestarts", 0)
+        self.conditions = [dict(c) for c in previous.get("conditions") or []]
+        self.events: list[Event] = []
+        self.phase: str = previous.get("phase") or "Pending"
+        self.wakes: list[datetime] = []
+        self.delete: list[str] = []
+
+    # ---------------------------------------------------------------------------------- reading
+    @property
+    def restarts(self) -> int:
+        return int(self.status["restarts"])
+
+    def time(self, key: str) -> Optional[datetime]:
+        return parse_time(self.status.get(key))
+
+    def since(self, condition_type: str) -> Optional[datetime]:
+        """When a condition became True (None unless it is True)."""
+        found = find(self.conditions, condition_type)
+        return parse_time(found.get("lastTransitionTime")) if found and found["status"] == "True" else None
+
+    # ---------------------------------------------------------------------------------- writing
+    def condition(self, type_: str, status: str, reason: str, message: str, event: Optional[str] = "Normal") -> None:
+        if set_condition(self.conditions, type_, status, reason, message, self.stamp, self.generation) and status == "True" and event:
+            self.events.append(Event(event, reason, message))
+
+    def clear(self, type_: str, reason: str, message: str) -> None:
+        """Set a condition False, if it exists (no condition is better than a pile of False ones)."""
+        if find(self.conditions, type_) is not None:
+            self.condition(type_, "False", reason, message)
+
+    def wake_at(self, moment: datetime) -> None:
+        self.wakes.append(moment)
+
+    def stop(self, pods: Sequence[Pod]) -> None:
+        self.delete += [name_of(p) for p in pods if not is_terminating(p) and name_of(p) not in self.delete]
+
+    def decision(self, **actions: Any) -> Decision:
+        self.status["phase"] = self.phase
+        self.status["conditions"] = self.conditions
+        wake = min(self.wakes, default=None)
+        wake_after = max(0.0, (wake - self.now).total_seconds()) if wake else None
+        status = {k: v for k, v in self.status.items() if v is not None}
+        return Decision(status=status, events=self.events, delete_pods=self.delete, wake_after=wake_after, **actions)
+
+
+# ============================================================================================ decide
+def decide(job: LLMTrainingJob, generation: Optional[int], pods: Sequence[Pod], previous: Optional[Mapping[str, Any]], now: datetime, *,
+           observed_since: datetime, reported: Optional[Mapping[str, Any]] = None,
+           settings: LifecycleSettings = LifecycleSettings()) -> Decision:
+    """pods: every pod the job owns, of any gang. observed_since: when this operator process began watching the
+    job (a stall is never judged on time it did not watch). reported: rank 0's metrics (progress.parse_progress)
+    with the UID of the pod they were read from."""
+    d = _Draft(job, generation, previous or {}, now)
+    gang = [p for p in pods if restart_of(p) == d.restarts]
+    leftovers = [p for p in pods if restart_of(p) != d.restarts]
+    _count_ready(d, gang)
+    if pods and not d.status.get("startTime"):
+        d.status["startTime"] = d.stamp
+    _follow_progress(d, gang, reported)
+
+    if d.phase in TERMINAL_PHASES:
+        return _finished(d, pods)
+    if _deadline_passed(d):
+        return _fail_deadline(d, pods)
+    if leftovers:  # an earlier gang is still there: never two gangs at once
+        d.stop(leftovers)
+        return d.decision()
+    if d.phase == "Restarting" and (restart_at := d.time("restartTime")) and now < restart_at:
+        d.wake_at(restart_at)
+        return d.decision()
+
+    failure = _first_failure(d, gang, observed_since, settings)
+    if failure is not None:
+        return _on_failure(d, failure, gang, settings)
+    if _succeeded(job, gang):
+        return _succeed(d, pods)
+    if len(gang) < job.spec.nodes:
+        return d.decision(create_pods=True)
+    _gang_created(d)
+    if all(is_running(p) for p in gang):
+        _gang_running(d, gang)
+    return d.decision()
+
+
+# ========================================================================================= observing
+def _count_ready(d: _Draft, gang: Sequence[Pod]) -> None:
+    ready = sum(1 for p in gang if is_ready(p))
+    d.status["readyNodes"] = ready
+    d.status["nodesReady"] = f"{ready}/{d.job.spec.nodes}"
+
+
+def _valid_report(reported: Mapping[str, Any], total: int) -> bool:
+    step = reported.get("step")
+    loss = reported.get("loss")
+    return isinstance(step, int) and 0 <= step <= total and (loss is None or math.isfinite(loss))
+
+
+def _follow_progress(d: _Draft, gang: Sequence[Pod], reported: Optional[Mapping[str, Any]]) -> None:
+    """rank 0's metrics → progress, lastCheckpoint; an advancing step → updateTime (stall detection), goodput."""
+    total = d.job.spec.training.steps
+    previous = dict(d.previous.get("progress") or {})
+    progress = {**previous, "totalSteps": total}
+    progress.setdefault("step", 0)
+    rank0 = next((p for p in gang if node_rank(p) == 0), None)
+    fresh = reported is not None and rank0 is not None and reported.get("podUid") == rank0["metadata"].get("uid") and _valid_report(reported, total)
+    if fresh:
+        assert reported is not None
+        step = int(reported["step"])
+        progress.update({k: reported[k] for k in ("loss", "tokensPerSecond", "mfu") if k in reported})
+        if step > 0 and step != previous.get("step"):
+            _step_advanced(d, previous)
+            progress["updateTime"] = d.stamp
+        progress["step"] = step
+        if reported.get("lastCheckpointStep"):
+            ckpt = int(reported["lastCheckpointStep"])
+            tag = f"global_step{ckpt}"
+            d.status["lastCheckpoint"] = {"step": ckpt, "tag": tag, "path": f"{checkpoint_dir(d.job)}/{tag}"}
+    progress["stepOfTotal"] = f"{progress['step']}/{total}"
+    d.status["progress"] = progress
+
+
+def _step_advanced(d: _Draft, previous_progress: Mapping[str, Any]) -> None:
+    d.status.setdefault("firstStepTime", d.stamp)
+    running_since = d.since(RUNNING)
+    last_step = parse_time(previous_progress.get("updateTime"))
+    first_of_gang = running_since is not None and (last_step is None or last_step < running_since)
+    failed_at = parse_time((d.status.get("failure") or {}).get("time"))
+    if d.restarts and first_of_gang and failed_at:  # the restart's downtime ends with the new gang's first step
+        d.status["lostSeconds"] = round(float(d.status.get("lostSeconds") or 0) + seconds_between(failed_at, d.now), 3)
+
+
+def _deadline_passed(d: _Draft) -> bool:
+    limit = d.job.spec.run_policy.active_deadline_seconds
+    started = d.time("startTime")
+    if limit is None or started is None:
+        return False
+    deadline = started + timedelta(seconds=limit)
+    if d.now >= deadline:
+        return True
+    d.wake_at(deadline)
+    return False
+
+
+def _first_failure(d: _Draft, gang: Sequence[Pod], observed_since: datetime, settings: LifecycleSettings) -> Optional[Failure]:
+    failures: list[Failure] = []
+    grace = timedelta(seconds=settings.node_lost_grace_seconds)
+    for pod in gang:
+        if has_failed(pod) or (is_disrupted(pod) and not has_succeeded(pod)):
+            failures.append(failed_pod(pod))
+        elif is_terminating(pod) and not is_finished(pod):  # the operator never deletes a live gang's pod
+            failures.append(deleted_pod(pod))
+        elif (since := not_ready_since(pod)) is not None:
+            if d.now - since >= grace:
+                failures.append(node_lost(pod, since, settings.node_lost_grace_seconds))
+            else:
+                d.wake_at(since + grace)
+    if is_true(d.conditions, CREATED):  # the whole gang existed: a missing worker was removed behind our back
+        present = {node_rank(p) for p in gang}
+        failures += [vanished_pod(worker_name(d.job, rank), rank) for rank in range(d.job.spec.nodes) if rank not in present]
+    if failures:
+        return first_of(failures)
+    if d.phase == "Running" and all(is_running(p) for p in gang):
+        return _stall(d, gang, observed_since)
+    return None
+
+
+def _stall(d: _Draft, gang: Sequence[Pod], observed_since: datetime) -> Optional[Failure]:
+    """No step read for stallTimeoutSeconds (startupTimeoutSeconds before the gang's first step)."""
+    policy = d.job.spec.run_policy
+    running_since = d.since(RUNNING)
+    if running_since is None:
+        return None
+    last_step = parse_time((d.status.get("progress") or {}).get("updateTime"))
+    if last_step is not None and last_step < running_since:
+        last_step = None  # a step of an earlier gang
+    if last_step is None:
+        limit, since, what = policy.startup_timeout_seconds, running_since, "no training step was read since all workers started running"
+    else:
+        limit, since, what = policy.stall_timeout_seconds, last_step, f"step {d.status['progress']['step']} has not advanced"
+    if limit is None:
+        return None
+    deadline = max(since, observed_since) + timedelta(seconds=limit)
+    if d.now < deadline:
+        d.wake_at(deadline)
+        return None
+    rank0 = next((p for p in gang if node_rank(p) == 0), None)
+    return stalled(rank0, f"{what} for {limit} s (a hung collective or data loader?)")
+
+
+def _succeeded(job: LLMTrainingJob, gang: Sequence[Pod]) -> bool:
+    if job.spec.launcher.mode == "ssh":  # worker 0 runs the launcher; the others only serve sshd
+        return any(node_rank(p) == 0 and has_succeeded(p) for p in gang)
+    return len(gang) == job.spec.nodes and all(has_succeeded(p) for p in gang)
+
+
+# ========================================================================================= acting
+def _gang_created(d: _Draft) -> None:
+    nodes = d.job.spec.nodes
+    d.condition(CREATED, "True", "PodsCreated", f"{nodes}/{nodes} worker pods created" + (f" (restart {d.restarts})" if d.restarts else ""))
+    if d.phase in ("Pending", "Restarting"):
+        d.phase = "Created"
+    d.status.pop("restartTime", None)
+
+
+def _gang_running(d: _Draft, gang: Sequence[Pod]) -> None:
+    nodes = d.job.spec.nodes
+    d.phase = "Running"
+    d.condition(RUNNING, "True", "AllWorkersRunning", f"all {nodes} workers running" + (f" (restart {d.restarts})" if d.restarts else ""))
+    d.clear(RESTARTING, "GangRunning", f"gang {d.restarts} is running")
+    d.clear(STALLED, "GangRunning", f"gang {d.restarts} is running")
+
+
+def _on_failure(d: _Draft, failure: Failure, gang: Sequence[Pod], settings: LifecycleSettings) -> Decision:
+    action, failure = action_for(d.job.spec.run_policy.pod_failure_policy.rules, failure)
+    limit = d.job.spec.run_policy.backoff_limit
+    if failure.reason == "Stalled":
+        d.condition(STALLED, "True", "Stalled", failure.message, "Warning")
+    if action == "FailJob":
+        return _fail(d, failure, "PodFailurePolicy", f"{failure.describe()} (a FailJob rule matched)", gang)
+    if action == "Count" and int(d.status["countedRestarts"]) >= limit:
+        return _fail(d, failure, "BackoffLimitExceeded", f"{failure.describe()}; backoffLimit ({limit}) restarts already spent", gang)
+    return _restart(d, failure, counted=action == "Count", gang=gang, settings=settings)
+
+
+def _restart(d: _Draft, failure: Failure, *, counted: bool, gang: Sequence[Pod], settings: LifecycleSettings) -> Decision:
+    """Record the decision (status is written before any pod is stopped), then stop the whole gang."""
+    previous_failure = parse_time((d.status.get("failure") or {}).get("time"))
+    last_useful = max((t for t in (d.time("startTime"), previous_failure,
+                                   parse_time((d.status.get("progress") or {}).get("updateTime"))) if t), default=None)
+    d.status["lostSeconds"] = round(float(d.status.get("lostSeconds") or 0) + seconds_between(last_useful, d.now), 3)
+    d.status["restarts"] = d.restarts + 1
+    if counted:
+        d.status["countedRestarts"] = int(d.status["countedRestarts"]) + 1
+    delay = restart_backoff(int(d.status["countedRestarts"]), settings) if counted else 0.0
+    d.status["restartTime"] = rfc3339(d.now + timedelta(seconds=delay))
+    d.status["failure"] = failure.to_status(d.now)
+    d.phase = "Restarting"
+    checkpoint = (d.status.get("lastCheckpoint") or {}).get("tag")
+    limit = d.job.spec.run_policy.backoff_limit
+    message = (f"{failure.describe()}; restarting the gang (restart {d.restarts}, {d.status['countedRestarts']}/{limit} counted toward "
+               f"backoffLimit{'' if counted else ', this one not counted'})" + (f" in {delay:.0f} s" if delay else "")
+               + (f", from checkpoint {checkpoint}" if checkpoint else ", from the start (no checkpoint yet)"))
+    d.condition(RESTARTING, "True", failure.reason, message, event=None)
+    d.events.append(Event("Warning", "Restarting", message))
+    d.condition(CREATED, "False", "Restarting", f"gang {d.restarts - 1} is being stopped")
+    d.condition(RUNNING, "False", failure.reason, failure.describe())
+    d.stop(gang)
+    return d.decision()
+
+
+def _fail(d: _Draft, failure: Failure, reason: str, message: str, gang: Sequence[Pod]) -> Decision:
+    d.status["failure"] = failure.to_status(d.now)
+    d.status.pop("restartTime", None)
+    d.phase = "Failed"
+    d.status["completionTime"] = d.stamp
+    d.clear(RESTARTING, reason, message)
+    d.condition(RUNNING, "False", reason, message)
+    d.condition(FAILED, "True", reason, message, "Warning")
+    return _finished(d, gang)
+
+
+def _fail_deadline(d: _Draft, pods: Sequence[Pod]) -> Decision:
+    limit = d.job.spec.run_policy.active_deadline_seconds
+    message = f"the job ran longer than activeDeadlineSeconds ({limit} s); its workers were stopped (SIGTERM, so the trainer saved)"
+    d.stop([p for p in pods if not is_finished(p)])  # whatever cleanPodPolicy says: the deadline stops the gang
+    return _fail(d, Failure(reason="DeadlineExceeded", message=message, matches_rules=False), "DeadlineExceeded", message, pods)
+
+
+def _succeed(d: _Draft, pods: Sequence[Pod]) -> Decision:
+    job = d.job
+    nodes, total = job.spec.nodes, job.spec.training.steps
+    launcher_only = job.spec.launcher.mode == "ssh" and not all(has_succeeded(p) for p in pods)
+    message = "training finished: " + ("the launcher (worker 0) exited 0" if launcher_only else f"all {nodes} workers exited 0")
+    d.phase = "Succeeded"
+    d.status["completionTime"] = d.stamp
+    d.status["progress"] = {**d.status["progress"], "step": total, "stepOfTotal": f"{total}/{total}"}  # the last scrape predates the end
+    d.clear(RESTARTING, "JobSucceeded", message)
+    d.condition(RUNNING, "False", "JobSucceeded", message)
+    d.condition(SUCCEEDED, "True", "JobSucceeded", message)
+    return _finished(d, pods)
+
+
+def _finished(d: _Draft, pods: Sequence[Pod]) -> Decision:
+    """A finished job: cleanPodPolicy, then ttlSecondsAfterFinished."""
+    spec = d.job.spec
+    policy = spec.run_policy.clean_pod_policy
+    for pod in pods:
+        if restart_of(pod) != d.restarts:
+            d.stop([pod])  # a leftover of an earlier gang
+            continue
+        if is_finished(pod) and policy != "All":
+            continue
+        sshd_only = spec.launcher.mode == "ssh" and node_rank(pod) > 0  # never exits by itself
+        if policy != "None" or sshd_only:
+            d.stop([pod])
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    finished_at = d.time("completionTime")
+    if ttl is not None and finished_at is not None:
+        expiry = finished_at + timedelta(seconds=ttl)
+        if d.now >= expiry:
+            return d.decision(delete_job=True)
+        d.wake_at(expiry)
+    return d.decision()
+
+
+def status_patch(current: Optional[Mapping[str, Any]], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch from current to desired status: changed keys, and null for keys to remove. {} if equal."""
+    current = current or {}
+    patch = {key: value for key, value in desired.items() if current.get(key) != value}
+    patch.update({key: None for key in current if key not in desired})
+    return patch

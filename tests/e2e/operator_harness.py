@@ -1,0 +1,161 @@
+"""The operator under test: `llm-operator run` as a subprocess under the chart's least-privileged
+ServiceAccount, and the helpers the e2e tests use to drive jobs and read them back through the API server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+RULES_FILE = REPO / "charts" / "llm-training-operator" / "files" / "rbac-rules.yaml"
+OPERATOR_NS = "llm-operator-e2e"
+OPERATOR_SA = "llm-training-operator"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OperatorProcess:
+    """`llm-operator run` as a child process, restartable and killable like a real pod."""
+
+    def __init__(self, control_plane, kubeconfig: str, log_dir: Path):
+        self.cp = control_plane
+        self.kubeconfig = kubeconfig
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        self.health_port = free_port()
+        env = {**os.environ, "KUBECONFIG": self.kubeconfig}
+        self.log_path = self.log_dir / f"operator-{self.starts}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(self.health_port), "--log-format", "plain", "--metrics-port", "0", "--progress-interval", "1",
+             "--restart-backoff", "1", "--max-restart-backoff", "4", "-v"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        self.cp.wait_for(self.healthy, timeout=60, what=f"operator liveness endpoint (log: {self.log_path})")
+
+    def healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, like the OOM killer or a node loss."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def service_account_kubeconfig(cp, path: Path) -> str:
+    """A kubeconfig that authenticates as the operator's ServiceAccount (bound to the chart's rules)."""
+    admin = yaml.safe_load(Path(cp.kubeconfig).read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    token = cp.kubectl("-n", OPERATOR_NS, "create", "token", OPERATOR_SA, "--duration=4h").stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": cluster}],
+        "users": [{"name": OPERATOR_SA, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": OPERATOR_SA}}],
+        "current-context": "operator",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def crd(control_plane):
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    control_plane.kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtraining.dev", "--timeout=60s")
+    # kubectl's discovery cache learns about the new resource a moment later
+    control_plane.wait_for(lambda: control_plane.kubectl("explain", "ltj", check=False).returncode == 0, timeout=60, what="ltj in discovery")
+    return "llmtrainingjobs.llmtraining.dev"
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane, crd, tmp_path_factory):
+    rules = yaml.safe_load(RULES_FILE.read_text())
+    control_plane.apply([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NS}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "llm-training-operator-e2e"},
+         "rules": rules["namespaced"] + rules["cluster"]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "llm-training-operator-e2e"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "llm-training-operator-e2e"},
+         "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]},
+    ])
+    log_dir = tmp_path_factory.mktemp("operator")
+    kubeconfig = service_account_kubeconfig(control_plane, log_dir / "operator.kubeconfig")
+    # the identity really is least-privileged: it may not, e.g., read secrets cluster-wide or delete nodes
+    assert control_plane.kubectl("auth", "can-i", "list", "secrets", "-A", f"--as=system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}", check=False).stdout.strip() == "no"
+    op = OperatorProcess(control_plane, kubeconfig, log_dir)
+    op.start()
+    yield op
+    op.stop()
+
+
+def job_manifest(name: str, nodes: int = 2, slots: int = 4, **spec_overrides) -> dict:
+    spec = {
+        "image": "ghcr.io/llmtraining/trainer:0.1.0",
+        "nodes": nodes,
+        "slotsPerNode": slots,
+        "model": {"preset": "tiny"},
+        "training": {"steps": 10, "microBatchSize": 1},
+    }
+    spec.update(spec_overrides)
+    return {"apiVersion": "llmtraining.dev/v1alpha1", "kind": "LLMTrainingJob", "metadata": {"name": name}, "spec": spec}
+
+
+def get_job(cp, namespace, name) -> dict:
+    return cp.get_json("ltj", name, "-n", namespace)
+
+
+def job_pods(cp, namespace, name) -> list[dict]:
+    return cp.get_json("pods", "-n", namespace, "-l", f"llmtraining.dev/job-name={name}")["items"]
+
+
+def wait_phase(cp, op, namespace, name, phase, timeout=90) -> dict:
+    def reached():
+        job = get_job(cp, namespace, name)
+        return job if job.get("status", {}).get("phase") == phase else None
+
+    try:
+        return cp.wait_for(reached, timeout=timeout, what=f"job {name} phase {phase}")
+    except BaseException:
+        print(yaml.safe_dump(get_job(cp, namespace, name).get("status")), "\noperator log:\n", op.log_tail(), file=sys.stderr)
+        raise
+
+
+def finish_pod(cp, namespace, pod: str, exit_code: int) -> None:
+    cp.kubectl("-n", namespace, "annotate", "pod", pod, f"{cp.EXIT_CODE_ANNOTATION}={exit_code}", "--overwrite")
