@@ -203,8 +203,9 @@ def missing_secret_keys(secret_dir: str | os.PathLike) -> list[str]:
 
 
 def _write(path: pathlib.Path, text: str, mode: int = 0o600) -> None:
-    """Write ``text`` to ``path`` with ``mode`` (replacing a read-only leftover of a restart)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write ``text`` to ``path`` with ``mode`` (replacing a read-only leftover of a restart). The temporary name is
+    per process: two launchers sharing a home (pdsh on one machine) raced on a shared one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "w") as f:

@@ -194,6 +194,23 @@ class TestSshText:
 
 
 class TestKeys:
+    def test_concurrent_writers_of_one_file_do_not_collide(self, tmp_path):
+        """Two launchers sharing a home (pdsh on one machine) write the same files at once."""
+        import multiprocessing
+
+        def writer(n: int) -> None:
+            for i in range(200):
+                S._write(tmp_path / "authorized_keys", f"{n}-{i}\n")
+
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=writer, args=(n,)) for n in range(4)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+        assert (tmp_path / "authorized_keys").read_text().endswith("-199\n")
+
     def test_generate_job_keys(self, tmp_path):
         keys = S.generate_job_keys("job")
         assert set(keys) == set(S.SECRET_KEYS) and set(S.REQUIRED_SECRET_KEYS) <= set(keys)
