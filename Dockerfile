@@ -74,6 +74,6 @@ RUN if id -u ubuntu >/dev/null 2>&1; then userdel --remove ubuntu; fi \
  && chown -R llm:llm /home/llm
 USER 1000:1000
 WORKDIR /home/llm
-EXPOSE 2222 9090 29500
+EXPOSE 2222 29500 29600
 # Worker pods set their own command (`llm-train launch ... -- deepspeed ...`).
 CMD ["llm-train", "launch", "--help"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Optional
 
+from .api.contract import strip_final_state
 from .api.v1alpha1 import PodFailureRule
 from .clock import parse_time, rfc3339
 from .pods import DISRUPTION_TARGET, Pod, condition, exit_code_of, is_disrupted, name_of, node_rank, terminated_state
@@ -63,7 +64,7 @@ def failed_pod(pod: Pod) -> Failure:
     terminated = terminated_state(pod)
     status = pod.get("status") or {}
     disruption = condition(pod, DISRUPTION_TARGET) if is_disrupted(pod) else None
-    message = (terminated.get("message") or status.get("message") or (disruption or {}).get("message") or "").strip()
+    message = (strip_final_state(terminated.get("message")) or status.get("message") or (disruption or {}).get("message") or "").strip()
     if terminated.get("reason") == "OOMKilled":
         reason = "OOMKilled"
     elif disruption is not None:

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Mapping, Optional, Sequence
 
 from .api import LLMTrainingJob
+from .api.contract import parse_final_state
 from .clock import parse_time, rfc3339, seconds_between
 from .conditions import CREATED, FAILED, RESTARTING, RUNNING, STALLED, SUCCEEDED, find, is_true, set_condition
 from .failures import Failure, action_for, deleted_pod, failed_pod, first_of, node_lost, stalled, vanished_pod
@@ -36,6 +37,7 @@ from .pods import (
     node_rank,
     not_ready_since,
     restart_of,
+    terminated_state,
 )
 from .render.names import checkpoint_dir, worker_name
 
@@ -205,8 +207,19 @@ def _follow_progress(d: _Draft, gang: Sequence[Pod], reported: Optional[Mapping[
             ckpt = int(reported["lastCheckpointStep"])
             tag = f"global_step{ckpt}"
             d.status["lastCheckpoint"] = {"step": ckpt, "tag": tag, "path": f"{checkpoint_dir(d.job)}/{tag}"}
+    final = _final_state(rank0, total)
+    if final is not None:  # what the run ended with, from worker 0's termination message: newer than any scrape
+        progress.update({k: final[k] for k in ("step", "loss", "tokensPerSecond", "mfu") if k in final})
+        checkpoint = final.get("lastCheckpoint") or {}
+        if isinstance(checkpoint.get("step"), int) and checkpoint.get("tag"):
+            d.status["lastCheckpoint"] = {"step": checkpoint["step"], "tag": checkpoint["tag"], "path": f"{checkpoint_dir(d.job)}/{checkpoint['tag']}"}
     progress["stepOfTotal"] = f"{progress['step']}/{total}"
     d.status["progress"] = progress
+
+
+def _final_state(rank0: Optional[Pod], total: int) -> Optional[dict[str, Any]]:
+    final = parse_final_state(terminated_state(rank0).get("message")) if rank0 is not None else None
+    return final if final is not None and _valid_report(final, total) else None
 
 
 def _step_advanced(d: _Draft, previous_progress: Mapping[str, Any]) -> None:
@@ -363,7 +376,9 @@ def _succeed(d: _Draft, pods: Sequence[Pod]) -> Decision:
     message = "training finished: " + ("the launcher (worker 0) exited 0" if launcher_only else f"all {nodes} workers exited 0")
     d.phase = "Succeeded"
     d.status["completionTime"] = d.stamp
-    d.status["progress"] = {**d.status["progress"], "step": total, "stepOfTotal": f"{total}/{total}"}  # the last scrape predates the end
+    rank0 = next((p for p in pods if node_rank(p) == 0 and restart_of(p) == d.restarts), None)
+    if _final_state(rank0, total) is None:  # an image without the final state: the last scrape predates the end
+        d.status["progress"] = {**d.status["progress"], "step": total, "stepOfTotal": f"{total}/{total}"}
     d.clear(RESTARTING, "JobSucceeded", message)
     d.condition(RUNNING, "False", "JobSucceeded", message)
     d.condition(SUCCEEDED, "True", "JobSucceeded", message)

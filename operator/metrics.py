@@ -27,6 +27,11 @@ JOBS_CREATED = Counter("llm_operator_jobs_created", "Jobs whose first gang was c
 JOBS_SUCCEEDED = Counter("llm_operator_jobs_succeeded", "Jobs that Succeeded")
 JOBS_FAILED = Counter("llm_operator_jobs_failed", "Jobs that Failed, by the Failed condition's reason", ["reason"])
 RESTARTS = Counter("llm_operator_restarts", "Gang restarts, by root cause (status.failure.reason)", ["reason"])
+# Zero-valued series from start-up, so that dashboards show 0 rather than "No data" before the first event.
+for _cause in ("OOMKilled", "Evicted", "Preempted", "NodeLost", "PodDeleted", "NCCLError", "Stalled", "Error"):
+    RESTARTS.labels(reason=_cause)
+for _reason in ("BackoffLimitExceeded", "PodFailurePolicy", "DeadlineExceeded", "InvalidSpec"):
+    JOBS_FAILED.labels(reason=_reason)
 
 
 @dataclass(frozen=True)

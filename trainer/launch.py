@@ -35,18 +35,18 @@ import sys
 import time
 from typing import Optional
 
-from . import ssh
+from llm_operator.api.contract import final_state_line
+
+from . import markers, ssh
+from .markers import COMPLETE as COMPLETE_MARKER
+from .markers import MARKER_DIR_ENV as MARKER_ENV
+from .markers import PREEMPTED as PREEMPTED_MARKER
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_USAGE = 2
 EXIT_PEERS = 3
 EXIT_SSH = 4
-
-from . import markers
-from .markers import COMPLETE as COMPLETE_MARKER
-from .markers import MARKER_DIR_ENV as MARKER_ENV
-from .markers import PREEMPTED as PREEMPTED_MARKER
 DS_ENV_FILE = "DS_ENV_FILE"
 DS_LAUNCH_MODULE = "deepspeed.launcher.launch"  # DeepSpeed's per-node launcher; its children are the ranks
 TERMINATION_MESSAGE_MAX = 4096
@@ -658,8 +658,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         sup.stop_sshd()
     log("info" if code == 0 else "error", message, exit_code=code)
-    write_termination_log(args.termination_log, f"{message} (exit {code})")
+    write_termination_log(args.termination_log, termination_message(code, message, args.marker_dir))
     return code
+
+
+def termination_message(code: int, message: str, marker_dir: Optional[str]) -> str:
+    """What happened, for people, then the run's final state (final.json) for the operator."""
+    final = markers.read(pathlib.Path(marker_dir), markers.FINAL) if marker_dir else None
+    human = f"{message[:3000]} (exit {code})"  # the final state must survive the kubelet's 4 KiB cut
+    return human + (f"\n{final_state_line(final)}" if final else "")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
                                         barrier of all ranks: training finished on every rank.
       preempted.json  {"step": N, "tag": T, "reason": "SIGTERM"}  after a stop request (SIGTERM/SIGINT or
                                         --stop-at-step) was saved as checkpoint T; ranks then exit 0.
+      final.json    {"step", "totalSteps", "loss", "tokensPerSecond", "lastCheckpoint", "outcome"}  beside either of
+                                        the two: what the run ended with (the launcher's termination message carries it).
       error-rank<R>.json {"rank": R, "error": "RuntimeError: NCCL error …", "time": T}  by any rank that died of an
                                         exception: the launcher puts the first one into the pod's termination message.
     Neither file after the DeepSpeed runner exited (even with code 0: a rank killed by a signal, e.g. the OOM
@@ -27,6 +29,7 @@ MARKER_DIR_ENV = "LLMTRAIN_MARKER_DIR"
 COMPLETE = "complete.json"
 PREEMPTED = "preempted.json"
 PROGRESS = "progress.json"
+FINAL = "final.json"
 ERROR_PREFIX = "error-rank"
 ERROR_MAX_CHARS = 1000  # the kubelet keeps 4 KiB of a termination message
 
@@ -40,7 +43,7 @@ def clear(directory: Path, errors: bool = False) -> list[str]:
     (only before the ranks start: a rank may fail before another one clears)."""
     removed = []
     stale_errors = [p.name for p in directory.glob(f"{ERROR_PREFIX}*.json")] if errors and directory.is_dir() else []
-    for name in (COMPLETE, PREEMPTED, *stale_errors):
+    for name in (COMPLETE, PREEMPTED, FINAL, *stale_errors):
         try:
             (directory / name).unlink()
             removed.append(name)

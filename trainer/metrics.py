@@ -2,7 +2,9 @@
 
 Local rank 0 of every node serves /metrics on monitoring.port (LLMTRAIN_METRICS_PORT overrides it, 0 turns it
 off), so every worker pod answers on the same port. Loss, tokens/s and MFU are global (all-reduced at log
-steps), so each node reports the same training values; gpu_memory_bytes is the maximum over all ranks.
+steps), so each node reports the same training values; gpu_memory_bytes is the maximum over all ranks. A gauge
+with no value yet is absent, not 0; after a resume the checkpoint's last logged values are restored. When
+training ends, the endpoint keeps serving the final values for monitoring.finalScrapeSeconds.
 Values change only at log intervals: the step loop itself never synchronizes with the GPU, except for
 step_time_seconds, which observes the host time of every step (equal to the device time once the host waits
 for the GPU in steady state).
@@ -15,7 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .markers import PROGRESS
 from .checkpoint import atomic_write
@@ -41,39 +43,122 @@ def peak_flops(configured_tflops: Optional[float], device_type: str) -> Optional
     return next((peak for key, peak in PEAK_BF16 if key in name), None)
 
 
+# Every llmtrain_* series: (name as exposed, type, labels, help). The code builds its metrics from this table
+# and docs/trainer.md lists it (a test compares the two).
+METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("llmtrain_info", "info", ("job_name", "model", "architecture", "parameters", "world_size", "zero_stage", "precision",
+                               "deepspeed_version", "torch_version"), "The training job: what is trained, where, with what."),
+    ("llmtrain_step", "gauge", (), "Last completed optimizer step."),
+    ("llmtrain_total_steps", "gauge", (), "Optimizer steps the job trains (spec.training.steps)."),
+    ("llmtrain_loss", "gauge", (), "Training loss, mean over the ranks and the steps of the last logging interval."),
+    ("llmtrain_learning_rate", "gauge", (), "Learning rate of the last logged step."),
+    ("llmtrain_grad_norm", "gauge", (), "Global gradient norm of the last logged step (before clipping)."),
+    ("llmtrain_tokens_per_second", "gauge", (), "Training throughput of all ranks over the last logging interval."),
+    ("llmtrain_mfu", "gauge", (), "Model FLOPs utilization (PaLM FLOPs per token) over the last logging interval, 0-1; absent where the peak is unknown (CPU, unrecognised GPU)."),
+    ("llmtrain_gpu_memory_bytes", "gauge", (), "Peak accelerator memory allocated, maximum over the ranks."),
+    ("llmtrain_trained_tokens", "gauge", (), "Tokens trained so far by the job, resumed runs included (step × tokens per step)."),
+    ("llmtrain_last_step_timestamp_seconds", "gauge", (), "Unix time the last optimizer step ended on this node (a hang shows as its age)."),
+    ("llmtrain_last_checkpoint_step", "gauge", (), "Step of the newest complete checkpoint."),
+    ("llmtrain_last_checkpoint_timestamp_seconds", "gauge", (), "Unix time the newest complete checkpoint was committed."),
+    ("llmtrain_resumed_step", "gauge", (), "Step of the checkpoint this run resumed from; absent on a fresh start."),
+    ("llmtrain_gang_restarts", "gauge", (), "Gang restarts of the job before this run (status.restarts when the operator created the pod)."),
+    ("llmtrain_finished", "gauge", (), "1 once training ended on this node: complete, or stopped with a checkpoint saved; absent before."),
+    ("llmtrain_steps_total", "counter", (), "Optimizer steps trained by this process (rate() of it: steps/s)."),
+    ("llmtrain_tokens_total", "counter", (), "Tokens trained by this process (rate() of it: tokens/s)."),
+    ("llmtrain_step_time_seconds", "histogram", (), "Host wall time of each optimizer step."),
+)
+
+
+class _Gauge:
+    """A gauge that is absent until set: a loss of 0 would be a lie after a resume, and an MFU of 0 where unknown."""
+
+    def __init__(self, name: str, doc: str):
+        self.name, self.doc = name, doc
+        self.value: Optional[float] = None
+
+    def set(self, value: Optional[float]) -> None:
+        self.value = None if value is None else float(value)
+
+
+class _Gauges:
+    """A Prometheus collector of the _Gauges that have a value."""
+
+    def __init__(self, gauges: list[_Gauge]):
+        self.gauges = gauges
+
+    def describe(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        return [GaugeMetricFamily(g.name, g.doc) for g in self.gauges]
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        return [GaugeMetricFamily(g.name, g.doc, value=g.value) for g in self.gauges if g.value is not None]
+
+
 class Metrics:
-    """The llmtrain_* metrics in their own registry, served over HTTP when port is set."""
+    """The llmtrain_* metrics (METRICS) in their own registry, with the process' own, served over HTTP when port is set."""
 
     def __init__(self, port: Optional[int], info: dict[str, str]):
-        from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, start_http_server
+        from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector, start_http_server
 
         self.registry = r = CollectorRegistry()
-        g = lambda name, doc: Gauge(f"{PREFIX}_{name}", doc, registry=r)  # noqa: E731
-        self.step = g("step", "Last completed optimizer step.")
-        self.total_steps = g("total_steps", "Optimizer steps the job trains (spec.training.steps).")
-        self.loss = g("loss", "Training loss, mean over the ranks and the steps of the last logging interval.")
-        self.learning_rate = g("learning_rate", "Learning rate of the last step.")
-        self.grad_norm = g("grad_norm", "Global gradient norm of the last step (before clipping).")
-        self.tokens_per_second = g("tokens_per_second", "Training throughput of all ranks over the last logging interval.")
-        self.mfu = g("mfu", "Model FLOPs utilization (PaLM FLOPs per token) over the last logging interval, 0-1.")
-        self.gpu_memory_bytes = g("gpu_memory_bytes", "Peak accelerator memory allocated, maximum over the ranks.")
-        self.last_checkpoint_step = g("last_checkpoint_step", "Step of the newest complete checkpoint.")
-        self.step_time = Histogram(f"{PREFIX}_step_time_seconds", "Host wall time of each optimizer step.",
-                                   buckets=STEP_TIME_BUCKETS, registry=r)
-        Info(PREFIX, "The training job.", registry=r).info(info)
+        ProcessCollector(registry=r)  # process_start_time_seconds, CPU, memory, open files
+        docs = {name: doc for name, _, _, doc in METRICS}
+        gauges = {name: _Gauge(name, doc) for name, kind, _, doc in METRICS if kind == "gauge"}
+        r.register(_Gauges(list(gauges.values())))
+        self.step = gauges["llmtrain_step"]
+        self.total_steps = gauges["llmtrain_total_steps"]
+        self.loss = gauges["llmtrain_loss"]
+        self.learning_rate = gauges["llmtrain_learning_rate"]
+        self.grad_norm = gauges["llmtrain_grad_norm"]
+        self.tokens_per_second = gauges["llmtrain_tokens_per_second"]
+        self.mfu = gauges["llmtrain_mfu"]
+        self.gpu_memory_bytes = gauges["llmtrain_gpu_memory_bytes"]
+        self.trained_tokens = gauges["llmtrain_trained_tokens"]
+        self.last_step_time = gauges["llmtrain_last_step_timestamp_seconds"]
+        self.last_checkpoint_step = gauges["llmtrain_last_checkpoint_step"]
+        self.last_checkpoint_time = gauges["llmtrain_last_checkpoint_timestamp_seconds"]
+        self.resumed_step = gauges["llmtrain_resumed_step"]
+        self.gang_restarts = gauges["llmtrain_gang_restarts"]
+        self.finished = gauges["llmtrain_finished"]
+        self.steps = Counter("llmtrain_steps", docs["llmtrain_steps_total"], registry=r)
+        self.tokens = Counter("llmtrain_tokens", docs["llmtrain_tokens_total"], registry=r)
+        self.step_time = Histogram("llmtrain_step_time_seconds", docs["llmtrain_step_time_seconds"], buckets=STEP_TIME_BUCKETS, registry=r)
+        Info(PREFIX, docs["llmtrain_info"], registry=r).info(info)
         self.port = None
         self.server = None
         if port:
             try:
                 self.server, _ = start_http_server(port, registry=r)
                 self.port = port
-            except OSError as exc:  # never fail training over metrics
-                print(f"llmtrain: metrics endpoint on port {port} not started: {exc}", file=sys.stderr, flush=True)
+            except OSError as exc:  # never fail training over metrics, but say it loudly
+                print(f"llmtrain: WARNING: metrics endpoint on port {port} not started ({exc}); monitoring.port clashes "
+                      "with another process in the pod", file=sys.stderr, flush=True)
 
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+    def step_done(self, step: int, tokens: int) -> None:
+        """Once per optimizer step: host-side numbers only (no GPU sync)."""
+        self.step.set(step)
+        self.steps.inc()
+        self.tokens.inc(tokens)
+        self.trained_tokens.set(step * tokens)
+        self.last_step_time.set(time.time())
+
+    def checkpoint_done(self, step: int, committed_at: float) -> None:
+        self.last_checkpoint_step.set(step)
+        self.last_checkpoint_time.set(committed_at)
+
+    def close(self, linger_seconds: float = 0, stop: Optional[Callable[[], bool]] = None) -> None:
+        """Stop serving; first keep serving the final values up to linger_seconds so that a last scrape (Prometheus,
+        the operator) sees them, unless stop() says to go (e.g. SIGTERM)."""
+        if self.server is None:
+            return
+        deadline = time.monotonic() + linger_seconds
+        while time.monotonic() < deadline and not (stop and stop()):
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        self.server.shutdown()
+        self.server = None
 
 
 def metrics_port(configured: int) -> Optional[int]:

@@ -22,6 +22,7 @@ import torch
 
 from llm_operator.api import load_job_file
 from llm_operator.api.deepspeed_config import build_deepspeed_config
+from llm_operator.api.contract import FINAL_SCRAPE_ENV, RESTART_ENV
 from llm_operator.api.v1alpha1 import LLMTrainingJob, LLMTrainingJobSpec
 
 from . import markers
@@ -91,6 +92,9 @@ class Trainer:
         self.resumed_from: Optional[str] = None
         self.last_checkpoint: Optional[dict[str, Any]] = None
         self.history: list[dict[str, Any]] = []
+        self.last_logged: dict[str, Any] = {}  # loss, lr, grad_norm of the last log step (kept in checkpoints)
+        self.outcome: Optional[str] = None  # complete | preempted, once training ended
+        self.final_tokens_per_second: Optional[float] = None
 
     # ------------------------------------------------------------------------------------- setup
     def barrier(self) -> None:
@@ -130,13 +134,15 @@ class Trainer:
 
         self.flops_per_token = flops_per_token(self.cfg)
         self.peak = peak_flops(spec.monitoring.peak_tflops, d.device.type)
-        info = {"job": self.job.metadata.name, "model": spec.model.preset or spec.model.hugging_face_path or self.cfg.architecture,
+        info = {"job_name": self.job.metadata.name, "model": spec.model.preset or spec.model.hugging_face_path or self.cfg.architecture,
                 "architecture": self.cfg.architecture, "parameters": str(count_params(self.cfg)),
                 "world_size": str(d.world_size), "deepspeed_version": deepspeed.__version__,
                 "torch_version": torch.__version__, "zero_stage": str(self.ds_config["zero_optimization"]["stage"]),
                 "precision": t.precision}
         self.metrics = Metrics(metrics_port(spec.monitoring.port) if d.is_node_main else None, info)
         self.metrics.total_steps.set(self.total)
+        if os.environ.get(RESTART_ENV, "").isdigit():
+            self.metrics.gang_restarts.set(int(os.environ[RESTART_ENV]))
         self.progress = Progress(self.out, self.total) if d.is_node_main else None
         self.bar = None
         if self.args.progress and d.is_main:
@@ -165,10 +171,15 @@ class Trainer:
             self.initial_loss = state.get("initial_loss")
             self.resumed_from = tag
             self.last_checkpoint = self.checkpoint_status(tag)
-            self.metrics.last_checkpoint_step.set(self.step)
+            self.metrics.checkpoint_done(self.step, self.checkpoint_time(tag))
+            self.metrics.resumed_step.set(self.step)
+            self.last_logged = state.get("last_logged") or {}
+            for gauge, key in ((self.metrics.loss, "loss"), (self.metrics.learning_rate, "lr"), (self.metrics.grad_norm, "grad_norm")):
+                gauge.set(self.last_logged.get(key))  # true of the checkpoint's step; throughput waits for a measurement
             if self.dist.is_main:
                 log_json({"event": "resume", "tag": tag, "step": self.step})
         self.metrics.step.set(self.step)
+        self.metrics.trained_tokens.set(self.step * self.tokens_per_step)
         if self.bar is not None:
             self.bar.update(self.step)
         self.interval_loss = torch.zeros((), device=self.dist.device)
@@ -193,6 +204,7 @@ class Trainer:
         self.interval_steps += 1
         self.step += 1
         self.metrics.step_time.observe(time.perf_counter() - started)
+        self.metrics.step_done(self.step, self.tokens_per_step)
         if self.first_step_done is None:
             self.first_step_done = time.perf_counter()
         if self.bar is not None:
@@ -224,14 +236,14 @@ class Trainer:
         self.interval_loss.zero_()
         self.interval_steps, self.interval_start = 0, time.perf_counter()
 
+        self.last_logged = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
         m = self.metrics
-        m.step.set(self.step)
         m.loss.set(loss)
         m.tokens_per_second.set(tokens_per_second)
         m.gpu_memory_bytes.set(record["memory_bytes"])
-        for gauge, value in ((m.learning_rate, lr), (m.grad_norm, grad_norm), (m.mfu, mfu)):
-            if value is not None:
-                gauge.set(value)
+        m.learning_rate.set(lr)
+        m.grad_norm.set(grad_norm)
+        m.mfu.set(mfu)  # None (absent) where the accelerator's peak is unknown
         if self.progress:
             self.progress.update(step=self.step, loss=loss, tokensPerSecond=tokens_per_second, mfu=mfu)
         if self.dist.is_main:
@@ -248,18 +260,21 @@ class Trainer:
             return True  # every rank knows the step: no agreement needed
         return self.preemption.should_stop()
 
-    def checkpoint_status(self, tag: str) -> dict[str, Any]:
-        """The job status' lastCheckpoint; its time is when the checkpoint was committed."""
+    def checkpoint_time(self, tag: str) -> float:
+        """When the checkpoint was committed."""
         complete = self.checkpoints.dir / tag / COMPLETE
-        when = complete.stat().st_mtime if complete.exists() else time.time()
+        return complete.stat().st_mtime if complete.exists() else time.time()
+
+    def checkpoint_status(self, tag: str) -> dict[str, Any]:
+        """The job status' lastCheckpoint."""
         return {"step": self.step, "tag": tag, "path": str(self.checkpoints.dir / tag),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))}
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.checkpoint_time(tag)))}
 
     def save(self) -> str:
         tag = self.checkpoints.save(self.engine, self.step, {
-            "step": self.step, "data": self.loader.state_dict(), "initial_loss": self.initial_loss})
+            "step": self.step, "data": self.loader.state_dict(), "initial_loss": self.initial_loss, "last_logged": self.last_logged})
         self.last_checkpoint = self.checkpoint_status(tag)
-        self.metrics.last_checkpoint_step.set(self.step)
+        self.metrics.checkpoint_done(self.step, self.checkpoint_time(tag))
         if self.progress:
             self.progress.update(step=self.step, lastCheckpoint=self.last_checkpoint)
         if self.dist.is_main:
@@ -277,6 +292,7 @@ class Trainer:
     def preempt(self) -> int:
         reason = self.preemption.requested or ("stop-at-step" if self.args.stop_at_step is not None else "peer")
         tag = self.save_final()  # ends with a barrier: every rank's state is on disk
+        self.end("preempted", tag)
         if self.dist.is_node_main:
             markers.write(self.marker_dir, markers.PREEMPTED, {"step": self.step, "tag": tag, "reason": reason})
         if self.dist.is_main:
@@ -302,6 +318,7 @@ class Trainer:
         tag = self.save_final()
         model_dir = self.export()
         self.barrier()  # every rank finished training, checkpointing and exporting
+        self.end("complete", tag)
         if self.dist.is_node_main:
             markers.write(self.marker_dir, markers.COMPLETE, {"step": self.step, "tag": tag})
         if self.dist.is_main:
@@ -309,15 +326,28 @@ class Trainer:
             log_json({"event": "complete", "step": self.step, "tag": tag, "model": str(model_dir)})
         return 0
 
-    def write_summary(self, tag: str, model_dir: Optional[Path]) -> None:
+    def run_tokens_per_second(self) -> Optional[float]:
+        """Throughput of this run, without its first (warm-up/compile) step."""
         steps_timed = self.step - self.start_step - 1
-        if steps_timed > 0 and self.first_step_done is not None:  # without the first (warm-up/compile) step
-            tokens_per_second = steps_timed * self.tokens_per_step / (time.perf_counter() - self.first_step_done)
-        else:
-            tokens_per_second = None
+        if steps_timed > 0 and self.first_step_done is not None:
+            return steps_timed * self.tokens_per_step / (time.perf_counter() - self.first_step_done)
+        return None
+
+    def end(self, outcome: str, tag: str) -> None:
+        """Training ended: the final state for the metrics and for the launcher's termination message (final.json)."""
+        self.outcome = outcome
+        self.final_tokens_per_second = self.run_tokens_per_second()  # one figure for final.json and summary.json
+        self.metrics.finished.set(1)
+        if self.dist.is_node_main:
+            markers.write(self.marker_dir, markers.FINAL, {
+                "step": self.step, "totalSteps": self.total, "loss": self.last_logged.get("loss"),
+                "tokensPerSecond": self.final_tokens_per_second, "outcome": outcome,
+                "lastCheckpoint": {"step": self.step, "tag": tag}})
+
+    def write_summary(self, tag: str, model_dir: Optional[Path]) -> None:
         summary = {"job": self.job.metadata.name, "steps": self.step, "total_steps": self.total,
-                   "initial_loss": self.initial_loss, "final_loss": self.history[-1]["loss"] if self.history else None,
-                   "tokens_per_second": tokens_per_second, "checkpoint": str(self.checkpoints.dir / tag), "tag": tag,
+                   "initial_loss": self.initial_loss, "final_loss": self.last_logged.get("loss"),
+                   "tokens_per_second": self.final_tokens_per_second, "checkpoint": str(self.checkpoints.dir / tag), "tag": tag,
                    "model": str(model_dir) if model_dir else None, "resumed_from": self.resumed_from,
                    "world_size": self.dist.world_size, "parameters": count_params(self.cfg),
                    "flops_per_token": self.flops_per_token, "losses": self.history}
@@ -338,7 +368,9 @@ class Trainer:
             return self.finish()
         finally:
             self.loader.close()
-            self.metrics.close()
+            # a last scrape (Prometheus, the operator) should see the end; SIGTERM cuts the wait short
+            linger = float(os.environ.get(FINAL_SCRAPE_ENV) or 0) if self.outcome else 0
+            self.metrics.close(linger, stop=lambda: self.preemption.requested is not None)
             if self.bar is not None:
                 self.bar.close()
 

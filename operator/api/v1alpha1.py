@@ -395,7 +395,14 @@ class RunPolicy(ApiModel):
 
 
 class MonitoringSpec(ApiModel):
-    port: int = Field(9090, ge=1024, le=65535, description="Port of the trainer's Prometheus /metrics endpoint in every worker pod.")
+    port: int = Field(
+        29600, ge=1024, le=65535, description="Port of the trainer's Prometheus /metrics endpoint in every worker pod. The default is "
+        "outside Prometheus' exporter range (9100-9999) and clear of Prometheus itself (9090), the kubelet and torch's rendezvous ports."
+    )
+    final_scrape_seconds: int = Field(
+        30, ge=0, le=600, description="After training ends, each worker keeps /metrics up this long (SIGTERM cuts it short), so that "
+        "Prometheus' last scrape sees the final step; the pod exits that much later."
+    )
     peak_tflops: Optional[float] = Field(None, gt=0, alias="peakTFLOPs", description="Per-accelerator peak used for MFU; defaults to the detected GPU's dense bf16 peak.")
 
 

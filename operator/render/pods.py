@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..api import LLMTrainingJob
+from ..api.contract import FINAL_SCRAPE_ENV, RESTART_ENV
 from .env import static_env
 from .names import (
     CONFIG_MOUNT,
@@ -67,10 +68,12 @@ def launch_command(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> list[s
             "--marker-dir", MARKER_DIR, "--", *deepspeed_command(job, rank, ctx)]
 
 
-def _env(job: LLMTrainingJob, rank: int) -> list[dict]:
+def _env(job: LLMTrainingJob, rank: int, restart: int) -> list[dict]:
     env = [{"name": k, "value": v} for k, v in static_env(job).items()]
     env += [
         {"name": "LLMTRAIN_NODE_RANK", "value": str(rank)},
+        {"name": RESTART_ENV, "value": str(restart)},
+        {"name": FINAL_SCRAPE_ENV, "value": str(job.spec.monitoring.final_scrape_seconds)},
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
@@ -164,7 +167,7 @@ def build_worker_pod(job: LLMTrainingJob, rank: int, ctx: RenderContext, restart
         "imagePullPolicy": tmpl.image_pull_policy,
         "command": launch_command(job, rank, ctx),
         "workingDir": HOME_DIR,
-        "env": _env(job, rank),
+        "env": _env(job, rank, restart),
         "ports": _ports(job),
         "resources": _resources(job, network),
         "volumeMounts": mounts,

@@ -39,11 +39,12 @@ class OperatorProcess:
     def start(self) -> None:
         self.starts += 1
         self.health_port = free_port()
+        self.metrics_port = free_port()
         env = {**os.environ, "KUBECONFIG": self.kubeconfig}
         self.log_path = self.log_dir / f"operator-{self.starts}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(self.health_port), "--log-format", "plain", "--metrics-port", "0", "--progress-interval", "1",
+            [sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(self.health_port), "--log-format", "plain", "--metrics-port", str(self.metrics_port), "--progress-interval", "1",
              "--restart-backoff", "1", "--max-restart-backoff", "4", "-v"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
         )
@@ -97,7 +98,10 @@ def service_account_kubeconfig(cp, path: Path) -> str:
 @pytest.fixture(scope="session")
 def crd(control_plane):
     control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    control_plane.kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtraining.dev", "--timeout=60s")
+    # not `kubectl wait`: it errors out instead of waiting while the new CRD has no status conditions yet
+    control_plane.wait_for(lambda: control_plane.kubectl(
+        "get", "crd/llmtrainingjobs.llmtraining.dev", "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}").stdout == "True",
+        timeout=60, what="the CRD established")
     # kubectl's discovery cache learns about the new resource a moment later
     control_plane.wait_for(lambda: control_plane.kubectl("explain", "ltj", check=False).returncode == 0, timeout=60, what="ltj in discovery")
     return "llmtrainingjobs.llmtraining.dev"

@@ -147,7 +147,7 @@ def test_stalled_step_restarts_the_gang(control_plane, operator, namespace):
     metrics = Metrics(port=None, info={"model": "tiny"})
     metrics.step.set(4)
     metrics.loss.set(3.0)
-    server, _ = start_http_server(9090, addr=pod_ip, registry=metrics.registry)
+    server, _ = start_http_server(29600, addr=pod_ip, registry=metrics.registry)
     try:
         cp.wait_for(lambda: get_job(cp, namespace, "hung")["status"].get("progress", {}).get("step") == 4, timeout=30, what="step 4 read")
         job = wait_restarted(cp, operator, namespace, "hung", 1, timeout=60)

@@ -96,7 +96,7 @@ def test_job_runs_on_gpu_nodes(control_plane, operator, namespace):
     metrics.loss.set(3.25)
     metrics.tokens_per_second.set(1000.0)
     metrics.last_checkpoint_step.set(2)
-    server, thread = start_http_server(9090, addr=pod_ip, registry=metrics.registry)
+    server, thread = start_http_server(29600, addr=pod_ip, registry=metrics.registry)
     try:
         job = cp.wait_for(lambda: (j := get_job(cp, namespace, "gang"))["status"].get("progress", {}).get("step") == 4 and j,
                           timeout=30, what="progress from rank 0's metrics")

@@ -62,6 +62,11 @@ def test_stop_and_resume_is_bit_exact(tmp_path, reference_run):
         "step": 13, "tag": "global_step13", "reason": "stop-at-step"}
     assert (tmp_path / "out" / "checkpoints" / "latest").read_text() == "global_step13"
     assert sorted(first.losses) == list(range(1, 14))
+    # the checkpoint carries the last logged values, which a resumed run shows until it measures its own
+    import torch
+
+    state = torch.load(tmp_path / "out" / "checkpoints" / "global_step13" / "mp_rank_00_model_states.pt", weights_only=False)
+    assert state["llmtrain"]["last_logged"]["loss"] == first.losses[13]
 
     second = run_ranks(job, tmp_path / "out")
     assert second.codes == [0, 0], second.log_tail()
@@ -75,6 +80,32 @@ def test_stop_and_resume_is_bit_exact(tmp_path, reference_run):
     lrs = {**logged(first, "lr"), **logged(second, "lr")}
     assert lrs[1] == pytest.approx(0.01 / 3) and lrs[3] == pytest.approx(0.01) and lrs[30] == pytest.approx(0.001)
     assert lrs == pytest.approx(logged(reference_run, "lr"), rel=1e-12)
+
+
+def test_final_state_reaches_the_job_status_equal_to_the_summary(reference_run):
+    """trainer (final.json) → llm-train launch (termination message) → operator (status): the end is seen."""
+    from datetime import datetime, timezone
+
+    from llm_operator.api import parse_job
+    from llm_operator.lifecycle import decide
+    from llm_trainer.launch import termination_message
+
+    summary = reference_run.summary
+    message = termination_message(0, "training complete", str(reference_run.out / "markers"))
+    job = parse_job({"apiVersion": "llmtraining.dev/v1alpha1", "kind": "LLMTrainingJob", "metadata": {"name": "t", "uid": "u"},
+                     "spec": {"image": "x", "nodes": 1, "slotsPerNode": 2, "accelerator": "cpu", "model": {"preset": "tiny"},
+                              "training": {"steps": 30, "microBatchSize": 2, "globalBatchSize": 8, "precision": "fp32"}}})
+    worker0 = {"metadata": {"name": "t-worker-0", "uid": "p0", "labels": {"llmtraining.dev/node-rank": "0", "llmtraining.dev/restart": "0"}},
+               "status": {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+                   "exitCode": 0, "reason": "Completed", "message": message}}}]}}
+    running = {"phase": "Running", "restarts": 0, "progress": {"step": 20, "loss": 9.0, "totalSteps": 30}}  # a stale last scrape
+    now = datetime.now(timezone.utc)
+    status = decide(job, 1, [worker0], running, now, observed_since=now).status
+    assert status["phase"] == "Succeeded"
+    assert status["progress"]["step"] == summary["steps"] == 30 and status["progress"]["stepOfTotal"] == "30/30"
+    assert status["progress"]["loss"] == summary["final_loss"]
+    assert status["progress"]["tokensPerSecond"] == summary["tokens_per_second"]
+    assert status["lastCheckpoint"]["tag"] == summary["tag"] == "global_step30"
 
 
 def test_gang_killed_mid_training_resumes_like_an_uninterrupted_run(tmp_path, reference_run):
@@ -183,7 +214,10 @@ def test_metrics_endpoint_moves_between_scrapes(interrupted_cli_run):
         assert value(scrape_, "llmtrain_learning_rate") > 0
         assert value(scrape_, "llmtrain_grad_norm") > 0
         assert value(scrape_, "llmtrain_total_steps") == 5000
-        assert {"llmtrain_mfu", "llmtrain_gpu_memory_bytes", "llmtrain_last_checkpoint_step"} <= scrape_.keys()
+        assert "llmtrain_gpu_memory_bytes" in scrape_ and "llmtrain_last_step_timestamp_seconds" in scrape_
+        # absent, not 0: CPU has no known peak (no MFU), and no checkpoint was written yet
+        assert not {"llmtrain_mfu", "llmtrain_last_checkpoint_step", "llmtrain_resumed_step"} & scrape_.keys()
+    assert value(second, "llmtrain_steps", "llmtrain_steps_total") > value(first, "llmtrain_steps", "llmtrain_steps_total") >= 1
     info = second["llmtrain_info"][0].labels
     assert info["world_size"] == "2" and info["deepspeed_version"] == "0.19.8" and info["model"] == "tiny"
 

@@ -335,23 +335,22 @@ def dashboard(helm, *args: str) -> tuple[dict, dict]:
 
 
 def known_metric_names() -> set[str]:
-    """Every series name the trainer and the operator export (from their real registries)."""
+    """Every series name the trainer (its METRICS table) and the operator (its real registry) export."""
     import prometheus_client
 
     import llm_operator.metrics as operator_metrics  # noqa: F401  (registers on the default registry)
-    from llm_trainer.metrics import Metrics
+    from llm_trainer.metrics import METRICS
 
-    trainer = Metrics(None, {"job": "x"})
     names = set()
-    for registry in (trainer.registry, prometheus_client.REGISTRY):
-        for family in registry.collect():
-            # labelled families have no samples until a label set is used: name them from the family
-            names |= {s.name for s in family.samples} | {family.name}
-            if family.type == "counter":
-                names.add(f"{family.name}_total")
-            if family.type == "histogram":
-                names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}
-    trainer.close()
+    for name, kind, _, _ in METRICS:
+        names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"} if kind == "histogram" else {name}
+    for family in prometheus_client.REGISTRY.collect():
+        # labelled families have no samples until a label set is used: name them from the family
+        names |= {s.name for s in family.samples} | {family.name}
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        if family.type == "histogram":
+            names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}
     return names
 
 

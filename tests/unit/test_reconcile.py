@@ -114,7 +114,7 @@ def test_scrape_target_only_while_running(manifest):
     for name in ("demo-worker-0", "demo-worker-1"):
         reconciler.kube.set_pod(name, **RUNNING)
     outcome = reconcile(reconciler, manifest)
-    assert outcome.scrape is not None and outcome.scrape.url == "http://10.0.0.1:9090/metrics"
+    assert outcome.scrape is not None and outcome.scrape.url == "http://10.0.0.1:29600/metrics"
 
 
 def test_ttl_deletes_the_job(manifest):
