@@ -94,13 +94,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     ranks, env = _ranks_and_env(spec, args.ranks)
 
     key = rundir.resume_key(spec, ranks)
-    out.mkdir(parents=True, exist_ok=True)
     try:
+        out.mkdir(parents=True, exist_ok=True)
         rundir.lock(out)  # held until this process exits
         removed = rundir.clear(out) if args.fresh else []
         rundir.check_continuable(out, name, key)
     except rundir.Refused as exc:
         console.error(str(exc))
+        return 1
+    except OSError as exc:
+        console.error(f"--output-dir {out}: {exc}")
         return 1
     marker_dir = out / rundir.MARKERS
     done = markers.read(marker_dir, markers.COMPLETE)

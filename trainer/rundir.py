@@ -37,6 +37,7 @@ RUN_STATE = (CHECKPOINTS, MARKERS, "model", SUMMARY, PROGRESS, RUN_RECORD, LOG)
 
 FRESH_HINT = "Pass --fresh to discard that run and train from scratch, or choose another --output-dir."
 _UNSET = object()
+RANKS = "ranks (nodes × slotsPerNode, or --ranks)"
 
 TRAINING_FIELDS = {"micro_batch_size", "precision", "zero_stage", "offload", "learning_rate", "weight_decay",
                    "adam_beta1", "adam_beta2", "seed"}
@@ -52,7 +53,7 @@ def resume_key(spec: LLMTrainingJobSpec, ranks: int) -> dict[str, Any]:
     m = spec.model
     model = {"huggingFacePath": m.hugging_face_path, "seqLen": m.seq_len} if m.hugging_face_path else m.resolved()
     _, _, global_batch = spec.batch_plan()  # --ranks keeps the global batch (worker.fit_to_world)
-    key = {"ranks": ranks, **_flat("model", model),
+    key = {RANKS: ranks, **_flat("model", model),
            **_flat("training", spec.training.model_dump(by_alias=True, include=TRAINING_FIELDS)),
            "training.globalBatchSize": global_batch,
            **_flat("data", spec.data.model_dump(by_alias=True, include=DATA_FIELDS)),

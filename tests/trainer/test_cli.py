@@ -108,7 +108,7 @@ def test_changes_that_keep_the_checkpoint_valid_are_allowed(finished, tmp_path):
         spec = load_job_file(str(write_job(tmp_path, deep_update(JOB, {"spec": change}), name=f"{i}.yaml"))).spec
         assert rundir.check_continuable(finished["out"], "tiny-cli", rundir.resume_key(spec, 2)) is None, change
     spec = load_job_file(str(finished["job"])).spec
-    with pytest.raises(rundir.Refused, match="\n  ranks: 2 → 1\n"):
+    with pytest.raises(rundir.Refused, match=r"\n  ranks \(nodes × slotsPerNode, or --ranks\): 2 → 1\n"):
         rundir.check_continuable(finished["out"], "tiny-cli", rundir.resume_key(spec, 1))  # --ranks 1
 
 
@@ -148,10 +148,13 @@ def test_resumed_run_reports_the_loss_of_the_whole_run(restarted, tmp_path):
         in resumed.stdout, resumed.stdout
 
 
-def test_a_missing_manifest_is_named():
+def test_bad_paths_are_named_not_a_traceback(finished, tmp_path):
     run = llm_train("run", "/nonexistent/job.yaml", "--log-format", "text")
     assert run.code == 1 and "Traceback" not in run.stderr
     assert run.stderr.startswith("llm-train: /nonexistent/job.yaml: [Errno 2] No such file or directory")
+    (tmp_path / "file").write_text("")
+    run = llm_train("run", finished["job"], "--output-dir", tmp_path / "file", "--log-format", "text")
+    assert run.code == 1 and run.stderr.startswith(f"llm-train: --output-dir {tmp_path / 'file'}: "), run.stderr
 
 
 def test_run_dir_names_match_the_worker(monkeypatch):
