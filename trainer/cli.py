@@ -1,12 +1,17 @@
 """`llm-train`: run a job on this machine, check a manifest, or (in a pod) launch a node's ranks.
 
-    llm-train run JOB.yaml [--output-dir DIR] [--ranks N] [--master-port P] [--stop-at-step K]
+    llm-train run JOB.yaml [--output-dir DIR] [--fresh] [--log-format text|json] [--ranks N] [--master-port P]
+                           [--stop-at-step K] [--no-progress]
     llm-train validate JOB.yaml
     llm-train launch ...            (the in-pod entrypoint, llm_trainer.launch)
 
 `run` starts nodes × slotsPerNode ranks (or --ranks) through DeepSpeed's own launcher
 (`python -m deepspeed.launcher.runner --num_gpus N --module llm_trainer.worker ...`), the same program the pods
 run. With accelerator cpu, or without a GPU, the ranks are CPU processes (DS_ACCELERATOR=cpu, gloo).
+Their output goes to <output-dir>/train.log; the console shows a progress bar and a few lines on a terminal,
+JSON lines otherwise (--log-format). A run resumes from the output directory's checkpoint, says so and exits 0
+if the job is already complete, and refuses a directory holding another job's run or a checkpoint this manifest
+no longer fits (--fresh discards it).
 Exit code: 0 when the job completed (markers/complete.json), 143 when it stopped early on SIGTERM/SIGINT or
 --stop-at-step with a checkpoint saved (markers/preempted.json; run again to resume), 1 otherwise.
 """
@@ -20,8 +25,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
+
+import yaml
+
+from .markers import MARKER_DIR_ENV
 
 PREEMPTED_EXIT = 143
 
@@ -64,71 +74,116 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from llm_operator.api import SpecError, load_job_file
 
-    from . import markers
-    from .worker import SUMMARY
+    from . import markers, rundir
+    from .console import JsonConsole, TextConsole
 
+    text = args.log_format == "text" or (args.log_format is None and sys.stdout.isatty())
+    console = TextConsole(bar=sys.stdout.isatty() and not args.no_progress) if text else JsonConsole()
     try:
         job = load_job_file(args.job)
     except SpecError as exc:
-        print(exc, file=sys.stderr)
+        console.error(str(exc))
         return 1
-    spec = job.spec
-    out = Path(args.output_dir or f"./runs/{job.metadata.name}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    except (OSError, yaml.YAMLError) as exc:
+        console.error(f"{args.job}: {exc}")
+        return 1
+    spec, name = job.spec, job.metadata.name
+    manifest = Path(args.job).resolve()
+    out = Path(args.output_dir or f"./runs/{name}").resolve()
+    console.describe(name, out, spec.training.steps, model_label(spec))
+    ranks, env = _ranks_and_env(spec, args.ranks)
+
+    key = rundir.resume_key(spec, ranks)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        rundir.lock(out)  # held until this process exits
+        removed = rundir.clear(out) if args.fresh else []
+        rundir.check_continuable(out, name, key)
+    except rundir.Refused as exc:
+        console.error(str(exc))
+        return 1
+    except OSError as exc:
+        console.error(f"--output-dir {out}: {exc}")
+        return 1
+    marker_dir = out / rundir.MARKERS
+    done = markers.read(marker_dir, markers.COMPLETE)
+    if done is not None and done.get("step", 0) >= spec.training.steps and spec.checkpoint.resume == "latest":
+        console.already_complete(done["step"], *rundir.losses(out))
+        return 0
+    rundir.write_record(out, name, manifest, key)
+
+    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
+           "--master_addr", "127.0.0.1", "--master_port", str(args.master_port or free_port()),
+           "--hostfile", str(out / "no-hostfile"),  # single node, even if /job/hostfile exists
+           "--module", "llm_trainer.worker", "--job", str(manifest), "--output-dir", str(out)]
+    if args.stop_at_step is not None:
+        cmd += ["--stop-at-step", str(args.stop_at_step)]
+    if console.wants_steps:
+        cmd.append("--step-events")  # a line per step for the progress bar
+    log = out / rundir.LOG
+    console.begin(ranks, env.get("DS_ACCELERATOR", "cuda"), log, removed)
+    code = _launch(cmd, env, log, console)
+
+    complete, preempted = markers.read(marker_dir, markers.COMPLETE), markers.read(marker_dir, markers.PREEMPTED)
+    if complete is not None:
+        console.complete(complete.get("step"), rundir.read_json(out / rundir.SUMMARY) or {}, *rundir.losses(out))
+        return 0
+    if preempted is not None:
+        console.preempted(preempted)
+        return PREEMPTED_EXIT
+    console.failed(code, log)
+    return code if code > 0 else 1
+
+
+def _ranks_and_env(spec, ranks: Optional[int]) -> tuple[int, dict[str, str]]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop(markers.MARKER_DIR_ENV, None)
+    env.pop(MARKER_DIR_ENV, None)
     if spec.accelerator == "cpu" or not _has_gpu():
         env["DS_ACCELERATOR"] = "cpu"
-        ranks = args.ranks or spec.world_size
+        ranks = ranks or spec.world_size
         # one OpenMP pool per rank, no oversubscription of the cores
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
         env.setdefault("LOCAL_SIZE", str(ranks))  # the CPU accelerator's device count in DeepSpeed's runner
     else:
         import torch
 
-        ranks = args.ranks or min(spec.world_size, torch.cuda.device_count())
-    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-           "--master_addr", "127.0.0.1", "--master_port", str(args.master_port or free_port()),
-           "--hostfile", str(out / "no-hostfile"),  # single node, even if /job/hostfile exists
-           "--module", "llm_trainer.worker",
-           "--job", str(Path(args.job).resolve()), "--output-dir", str(out)]
-    if args.stop_at_step is not None:
-        cmd += ["--stop-at-step", str(args.stop_at_step)]
-    if not args.no_progress and sys.stderr.isatty():
-        cmd.append("--progress")
-    print(f"llm-train: {job.metadata.name}: {ranks} rank(s) on {env.get('DS_ACCELERATOR', 'cuda')}, output {out}",
-          file=sys.stderr, flush=True)
+        ranks = ranks or min(spec.world_size, torch.cuda.device_count())
+    return ranks, env
 
+
+def _launch(cmd: list[str], env: dict[str, str], log_path: Path, console) -> int:
+    """Run DeepSpeed's runner; every line it and the ranks print goes to the log file and to the console."""
     _become_subreaper()
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    forwarded = []
+    with open(log_path, "a", buffering=1) as log:  # line-buffered: `tail -f` follows the run
+        log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        forwarded = []
 
-    def forward(signum, frame):
-        """First signal: SIGTERM to the whole launcher tree (every rank saves a checkpoint and stops); second: SIGKILL."""
+        def forward(signum, frame):
+            """First signal: SIGTERM to the whole launcher tree (every rank saves a checkpoint and stops); second: SIGKILL."""
+            try:
+                os.killpg(proc.pid, signal.SIGKILL if forwarded else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            forwarded.append(signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, forward)
         try:
-            os.killpg(proc.pid, signal.SIGKILL if forwarded else signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        forwarded.append(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    code = proc.wait()
+            for line in proc.stdout:  # until every rank closed it, not only the runner
+                log.write(line)
+                console.line(line.rstrip("\n"))
+        finally:
+            console.close()
+        code = proc.wait()
     _reap_orphans()  # DeepSpeed's runner dies on SIGTERM at once; its launcher and the ranks may still be saving
+    return code
 
-    marker_dir = markers.marker_dir(out)
-    complete, preempted = markers.read(marker_dir, markers.COMPLETE), markers.read(marker_dir, markers.PREEMPTED)
-    if complete:
-        summary = json.loads((out / SUMMARY).read_text())
-        print(f"llm-train: complete at step {complete['step']}: loss {summary['initial_loss']:.4f} -> "
-              f"{summary['final_loss']:.4f}, model {summary['model']}, summary {out / SUMMARY}", file=sys.stderr)
-        return 0
-    if preempted:
-        print(f"llm-train: stopped at step {preempted['step']} ({preempted['reason']}), checkpoint "
-              f"{preempted['tag']} saved; run again to resume", file=sys.stderr)
-        return PREEMPTED_EXIT
-    print(f"llm-train: failed (launcher exit code {code}, no completion marker in {marker_dir})", file=sys.stderr)
-    return code if code > 0 else 1
+
+def model_label(spec) -> str:
+    m = spec.model
+    return m.preset or (Path(m.hugging_face_path).name if m.hugging_face_path else f"{m.architecture} {m.n_layers}×{m.d_model}")
 
 
 def _become_subreaper() -> None:
@@ -174,7 +229,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("--ranks", type=int, help="processes to start (default nodes × slotsPerNode; GPUs on GPU)")
     run.add_argument("--master-port", type=int, help="rendezvous port (default: a free one)")
     run.add_argument("--stop-at-step", type=int, help="checkpoint and stop after this step (resume by running again)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--fresh", action="store_true",
+                     help="discard the output directory's earlier run (checkpoints, model, markers) and train from step 0")
+    run.add_argument("--log-format", choices=("text", "json"),
+                     help="text: a progress bar and a few lines; json: JSON lines (default: text on a terminal)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar in the text view")
     run.set_defaults(func=cmd_run)
     validate = sub.add_parser("validate", help="check a manifest, print the resolved model, batch plan and DeepSpeed config")
     validate.add_argument("job")

@@ -46,6 +46,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--export-dir", help="final model as a Hugging Face directory (default: <output-dir>/model)")
     p.add_argument("--stop-at-step", type=int, help="save a checkpoint and stop (like SIGTERM) after this step")
     p.add_argument("--progress", action="store_true", help="tqdm progress bar on rank 0 (stderr)")
+    p.add_argument("--step-events", action="store_true", help='{"event": "step"} line per step on rank 0 (llm-train run\'s bar)')
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # from deepspeed
     return p.parse_args(argv)
 
@@ -209,6 +210,8 @@ class Trainer:
             self.first_step_done = time.perf_counter()
         if self.bar is not None:
             self.bar.update(1)
+        if self.args.step_events and self.dist.is_main:
+            log_json({"event": "step", "step": self.step})
 
     def log(self) -> None:
         """At step 1, every logIntervalSteps and the last step: all-reduce loss and memory, publish."""

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import os
+import pty
+import re
+import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,3 +112,47 @@ def run_ranks(job: Path, out: Path, world: int = 2, args: tuple[str, ...] = (), 
                 p.kill()
                 p.wait()
     return Run(codes, out, logs)
+
+
+@dataclass
+class CliRun:
+    code: int
+    stdout: str  # on a terminal: everything it showed, stderr included
+    stderr: str
+
+    @property
+    def lines(self) -> list[str]:
+        """What a person reads: the output split at newlines and at the bar's carriage returns."""
+        return [line.strip() for line in re.split(r"[\r\n]+", self.stdout + self.stderr) if line.strip()]
+
+
+def llm_train(*args, tty: bool = False, timeout: float = 300) -> CliRun:
+    """`llm-train ARGS`, its output piped, or on a pseudo-terminal (stdout.isatty() is true) with tty=True."""
+    cmd = [sys.executable, "-m", "llm_trainer.cli", *map(str, args)]
+    if not tty:
+        proc = subprocess.run(cmd, env=rank_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        return CliRun(proc.returncode, proc.stdout, proc.stderr)
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, columns: room for a bar
+    proc = subprocess.Popen(cmd, env=rank_env(), cwd=REPO, stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([controller], [], [], 1)[0]:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # EIO: the last holder of the terminal closed it
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            elif proc.poll() is not None:
+                break
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(controller)
+    return CliRun(code, b"".join(chunks).decode(errors="replace"), "")
