@@ -174,6 +174,8 @@ class Trainer:
             self.last_checkpoint = self.checkpoint_status(tag)
             self.metrics.checkpoint_done(self.step, self.checkpoint_time(tag))
             self.metrics.resumed_step.set(self.step)
+            if self.progress:  # progress.json names the checkpoint from the start, not from the next one
+                self.progress.update(step=self.step, lastCheckpoint=self.last_checkpoint)
             self.last_logged = state.get("last_logged") or {}
             for gauge, key in ((self.metrics.loss, "loss"), (self.metrics.learning_rate, "lr"), (self.metrics.grad_norm, "grad_norm")):
                 gauge.set(self.last_logged.get(key))  # true of the checkpoint's step; throughput waits for a measurement
