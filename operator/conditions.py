@@ -28,7 +28,7 @@ def set_condition(conditions: list[dict], type_: str, status: str, reason: str, 
             if generation is not None:
                 condition["observedGeneration"] = generation
             return changed
-    entry = {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": now}
+    entry: dict[str, Any] = {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": now}
     if generation is not None:
         entry["observedGeneration"] = generation
     conditions.append(entry)

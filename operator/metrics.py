@@ -66,8 +66,8 @@ class JobsCollector(Collector):
         counts = {phase: 0 for phase in PHASES}
         for snapshot in jobs.values():
             counts[snapshot.phase] = counts.get(snapshot.phase, 0) + 1
-        for phase, count in counts.items():
-            by_phase.add_metric([phase], count)
+        for name, count in counts.items():
+            by_phase.add_metric([name], count)
         yield by_phase
 
         # not namespace/job: Prometheus gives those to the scrape target (the operator's) and renames ours

@@ -70,7 +70,7 @@ class CheckpointManager:
         if not self.dir.is_dir():
             return []
         tags = [p.name for p in self.dir.iterdir() if step_of(p.name) is not None and self.is_complete(p.name)]
-        return sorted(tags, key=step_of)
+        return sorted(tags, key=lambda tag: step_of(tag) or 0)  # every tag here has a step
 
     # ------------------------------------------------------------------------------ lifecycle
     def resolve(self, resume: str) -> Optional[str]:

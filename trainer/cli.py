@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import yaml
 
@@ -57,7 +57,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     spec = job.spec
     micro, accumulation, global_batch = spec.batch_plan()
-    plan = {"job": job.metadata.name, "ranks": spec.world_size, "accelerator": spec.accelerator,
+    plan: dict[str, Any] = {"job": job.metadata.name, "ranks": spec.world_size, "accelerator": spec.accelerator,
             "batch": {"microBatchSize": micro, "gradientAccumulation": accumulation, "globalBatchSize": global_batch}}
     if spec.model.hugging_face_path and not os.path.isfile(os.path.join(spec.model.hugging_face_path, "config.json")):
         plan["model"] = {"huggingFacePath": spec.model.hugging_face_path, "note": "config.json not readable here"}
@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     complete, preempted = markers.read(marker_dir, markers.COMPLETE), markers.read(marker_dir, markers.PREEMPTED)
     if complete is not None:
-        console.complete(complete.get("step"), rundir.read_json(out / rundir.SUMMARY) or {}, *rundir.losses(out))
+        console.complete(int(complete.get("step") or 0), rundir.read_json(out / rundir.SUMMARY) or {}, *rundir.losses(out))
         return 0
     if preempted is not None:
         console.preempted(preempted)
@@ -158,7 +158,7 @@ def _launch(cmd: list[str], env: dict[str, str], log_path: Path, console) -> int
         log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
         proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-        forwarded = []
+        forwarded: list[int] = []
 
         def forward(signum, frame):
             """First signal: SIGTERM to the whole launcher tree (every rank saves a checkpoint and stops); second: SIGKILL."""
@@ -171,6 +171,7 @@ def _launch(cmd: list[str], env: dict[str, str], log_path: Path, console) -> int
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, forward)
         try:
+            assert proc.stdout is not None
             for line in proc.stdout:  # until every rank closed it, not only the runner
                 log.write(line)
                 console.line(line.rstrip("\n"))

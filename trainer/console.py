@@ -175,6 +175,7 @@ class TextConsole(Console):
 
             self.bar = tqdm(total=self.total, initial=self.resumed_at, desc=self.job, unit="step",
                             file=self.stream, dynamic_ncols=True)
+        assert self.bar is not None
         if loss is not None:
             self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         self.bar.update(max(0, step - self.bar.n))

@@ -26,7 +26,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,9 @@ EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
 
 class Source(Protocol):
     seq_len: int
-    num_samples: Optional[int]  # None: unbounded
+
+    @property
+    def num_samples(self) -> Optional[int]: ...  # None: unbounded
 
     def sample(self, index: int) -> np.ndarray: ...
 
@@ -178,9 +180,10 @@ class Sampler:
         a, b = self._affine(epoch)
         return (a * pos + b) % n
 
-    @functools.lru_cache(maxsize=4)
+    @functools.lru_cache(maxsize=4)  # noqa: B019  (a few sources live as long as the run: nothing leaks)
     def _affine(self, epoch: int) -> tuple[int, int]:
         n, rng = self.num_samples, np.random.default_rng([self.seed, epoch])
+        assert n is not None  # only bounded sources are shuffled
         a = int(rng.integers(1, n)) if n > 2 else 1
         while math.gcd(a, n) != 1:
             a = a % (n - 1) + 1
@@ -220,6 +223,7 @@ class Loader:
     def _produce(self, start: int, q: queue.Queue, stop: threading.Event) -> None:
         n = start
         while not stop.is_set():
+            item: Any
             try:
                 item = self._batch(n)
             except BaseException as exc:  # re-raised in the training thread
@@ -246,6 +250,7 @@ class Loader:
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._queue is None:
             self._start()
+        assert self._queue is not None
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -79,7 +79,7 @@ def read_hf_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_hf_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Copy a HF checkpoint's weights into a Decoder built with config_from_hf(...)."""
-    cfg: ModelConfig = model.cfg
+    cfg = cast(ModelConfig, model.cfg)
     ours = model.state_dict()
     loaded = {}
     for key, tensor in read_hf_state_dict(path).items():

@@ -342,7 +342,7 @@ class Supervisor:
         """Live descendants other than sshd itself (its per-connection processes included)."""
         import psutil
 
-        out = []
+        out: list = []
         try:
             descendants = psutil.Process().children(recursive=True)
         except psutil.Error:
@@ -600,6 +600,7 @@ def serve_sshd_only(sup: Supervisor) -> tuple[int, str]:
             code = sup.stop_sshd()
             return EXIT_OK, f"sshd stopped after {signal_name(sup.received)} (status {code})"
         time.sleep(Supervisor.POLL * 2)
+    assert sup.sshd is not None
     code = sup.returncodes[sup.sshd.pid]
     if sup.received and code in (0, -signal.SIGTERM):
         return EXIT_OK, f"sshd stopped after {signal_name(sup.received)}"
@@ -616,6 +617,7 @@ def run_command(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
         raise LaunchError(127 if isinstance(e, FileNotFoundError) else 126, f"cannot start {args.command[0]}: {e}") from None
     started = time.monotonic()
     returncode = sup.wait(sup.command)
+    assert returncode is not None  # wait() returns once the command exited
     log("info", "command exited", returncode=returncode, runtime_s=round(time.monotonic() - started, 1))
     sup.drain(timeout=None if sup.received else args.linger_timeout)
     if marker_dir is None:

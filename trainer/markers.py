@@ -79,8 +79,8 @@ def write_error(directory: Path, rank: int, exc: BaseException) -> None:
 
 def first_error(directory: Path) -> Optional[dict[str, Any]]:
     """The earliest rank error: the cause; later ones are usually its victims (peers losing the collective)."""
-    errors = [read(directory, p.name) for p in directory.glob(f"{ERROR_PREFIX}*.json")] if directory.is_dir() else []
-    errors = [e for e in errors if e and "error" in e]
+    found = [read(directory, p.name) for p in directory.glob(f"{ERROR_PREFIX}*.json")] if directory.is_dir() else []
+    errors = [e for e in found if e and "error" in e]
     return min(errors, key=lambda e: (e.get("time", float("inf")), e.get("rank", 0))) if errors else None
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 import torch
 import torch.nn as nn
@@ -198,11 +198,11 @@ class Decoder(nn.Module):
 
     @property
     def embedding(self) -> nn.Embedding:
-        return self.transformer.wte if self.cfg.architecture == "gpt" else self.model.embed_tokens
+        return cast(nn.Embedding, self.transformer.wte if self.cfg.architecture == "gpt" else self.model.embed_tokens)
 
     @property
     def blocks(self) -> nn.ModuleList:
-        return self.transformer.h if self.cfg.architecture == "gpt" else self.model.layers
+        return cast(nn.ModuleList, self.transformer.h if self.cfg.architecture == "gpt" else self.model.layers)
 
     def reset_parameters(self) -> None:
         """GPT-2 init: N(0, 0.02); residual output projections scaled by 1/sqrt(2L); norms ones, biases zeros."""
@@ -218,11 +218,13 @@ class Decoder(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.cfg.architecture == "gpt":
-            x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.size(1), device=idx.device))
-            rope, final_norm = None, self.transformer.ln_f
+            gpt: Any = self.transformer  # submodules by name (nn.Module's __getattr__ is untyped)
+            x = gpt.wte(idx) + gpt.wpe(torch.arange(idx.size(1), device=idx.device))
+            rope, final_norm = None, gpt.ln_f
         else:
-            x = self.model.embed_tokens(idx)
-            rope, final_norm = (self.rope_cos, self.rope_sin), self.model.norm
+            llama: Any = self.model
+            x = llama.embed_tokens(idx)
+            rope, final_norm = (self.rope_cos, self.rope_sin), llama.norm
         for block in self.blocks:
             if self.cfg.activation_checkpointing and self.training:
                 x = checkpoint(block, x, rope, use_reentrant=False)

@@ -220,17 +220,17 @@ class Trainer:
         if not (self.step == 1 or self.step % self.t.log_interval_steps == 0 or self.step == self.total):
             return
         dist = torch.distributed
-        loss = self.interval_loss / self.interval_steps
-        dist.all_reduce(loss)
-        loss = loss.item() / self.dist.world_size
+        summed = self.interval_loss / self.interval_steps
+        dist.all_reduce(summed)
+        loss = summed.item() / self.dist.world_size
         memory = torch.tensor(float(torch.cuda.max_memory_allocated() if self.dist.device.type == "cuda" else 0),
                               device=self.dist.device)
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)
         now = time.perf_counter()
         tokens_per_second = self.interval_steps * self.tokens_per_step / (now - self.interval_start)
         mfu = tokens_per_second * self.flops_per_token / (self.peak * self.dist.world_size) if self.peak else None
-        grad_norm = self.engine.get_global_grad_norm()
-        grad_norm = float(grad_norm) if grad_norm is not None else None
+        norm = self.engine.get_global_grad_norm()
+        grad_norm = float(norm) if norm is not None else None
         lr = self.last_lr
         if self.initial_loss is None:
             self.initial_loss = loss

@@ -421,7 +421,8 @@ class LLMTrainingJobSpec(ApiModel):
                     "self.training.microBatchSize * self.nodes * self.slotsPerNode])",
                     field_path=".training.globalBatchSize",
                 ),
-                cel("self.accelerator == 'gpu' || self.training.precision != 'fp16'", "training.precision fp16 needs accelerator gpu (use bf16 or fp32 on cpu)", field_path=".training.precision"),
+                cel("self.accelerator == 'gpu' || self.training.precision != 'fp16'", "training.precision fp16 needs accelerator gpu (use bf16 or fp32 on cpu)",
+                    field_path=".training.precision"),
             ]
         }
     )
@@ -526,7 +527,9 @@ class LLMTrainingJobStatus(ApiModel):
     counted_restarts: int = Field(0, description="Restarts that count toward runPolicy.backoffLimit.")
     restart_time: Optional[str] = Field(None, description="While Restarting: when the next gang may start (the backoff).")
     first_step_time: Optional[str] = Field(None, description="When the operator first read a training step (time to first step = this - creation).")
-    lost_seconds: float = Field(0, description="Seconds lost to restarts and stalls: for each restart, from the last step read before the failure to the first step of the next gang.")
+    lost_seconds: float = Field(
+        0, description="Seconds lost to restarts and stalls: for each restart, from the last step read before the failure to the first step of the next gang."
+    )
     start_time: Optional[str] = Field(None, description="When the job's pods were first created.")
     completion_time: Optional[str] = Field(None, description="When the job Succeeded or Failed.")
     progress: Optional[Progress] = Field(None, description="Training progress reported by the trainer.")
@@ -553,7 +556,8 @@ class LLMTrainingJob(BaseModel):
             "x-kubernetes-validations": [
                 cel(
                     "self.metadata.name.size() + " + str(len(WORKER_INFIX)) + " + string(self.spec.nodes - 1).size() <= " + str(DNS_LABEL_MAX),
-                    message_expression="'metadata.name is too long: pod name %s" + WORKER_INFIX + "%d would exceed 63 characters'.format([self.metadata.name, self.spec.nodes - 1])",
+                    message_expression="'metadata.name is too long: pod name %s" + WORKER_INFIX
+                    + "%d would exceed 63 characters'.format([self.metadata.name, self.spec.nodes - 1])",
                 ),
                 cel(
                     "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
@@ -563,8 +567,8 @@ class LLMTrainingJob(BaseModel):
         },
     )
 
-    api_version: Literal["llmtraining.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
-    kind: Literal["LLMTrainingJob"] = KIND
+    api_version: Literal["llmtraining.dev/v1alpha1"] = Field("llmtraining.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["LLMTrainingJob"] = "LLMTrainingJob"
     metadata: ObjectMeta
     spec: LLMTrainingJobSpec
     status: Optional[dict[str, Any]] = None

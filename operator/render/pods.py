@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..api import LLMTrainingJob
 from ..api.contract import FINAL_SCRAPE_ENV, RESTART_ENV
 from .env import static_env
@@ -69,7 +71,7 @@ def launch_command(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> list[s
 
 
 def _env(job: LLMTrainingJob, rank: int, restart: int) -> list[dict]:
-    env = [{"name": k, "value": v} for k, v in static_env(job).items()]
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in static_env(job).items()]
     env += [
         {"name": "LLMTRAIN_NODE_RANK", "value": str(rank)},
         {"name": RESTART_ENV, "value": str(restart)},
@@ -104,14 +106,14 @@ def _resources(job: LLMTrainingJob, network: NetworkPlan) -> dict:
 
 def _volumes(job: LLMTrainingJob) -> tuple[list[dict], list[dict]]:
     spec = job.spec
-    volumes = [
+    volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(job)}},
         {"name": "home", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.network.shm_size}},
         {"name": "checkpoints", **(spec.checkpoint.volume or {"emptyDir": {}})},
     ]
-    mounts = [
+    mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
         {"name": "home", "mountPath": HOME_DIR},
         {"name": "tmp", "mountPath": "/tmp"},

@@ -44,7 +44,8 @@ class OperatorProcess:
         self.log_path = self.log_dir / f"operator-{self.starts}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(self.health_port), "--log-format", "plain", "--metrics-port", str(self.metrics_port), "--progress-interval", "1",
+            [sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(self.health_port), "--log-format", "plain",
+             "--metrics-port", str(self.metrics_port), "--progress-interval", "1",
              "--restart-backoff", "1", "--max-restart-backoff", "4", "-v"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
         )

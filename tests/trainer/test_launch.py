@@ -92,7 +92,7 @@ class TestOutcome:
 
         monkeypatch.setenv("RANK", "2")
         monkeypatch.delenv(markers.MARKER_DIR_ENV, raising=False)
-        with pytest.raises(Exception):
+        with pytest.raises(FileNotFoundError):
             worker.main(["--job", str(tmp_path / "missing.yaml"), "--output-dir", str(tmp_path)])
         error = markers.first_error(tmp_path / "markers")
         assert error is not None and error["rank"] == 2 and "missing.yaml" in error["error"]
