@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-CREATED, RUNNING, RESTARTING, STALLED, SUCCEEDED, FAILED = "Created", "Running", "Restarting", "Stalled", "Succeeded", "Failed"
+CREATED, RUNNING, RESTARTING, STALLED, SUSPENDED, SUCCEEDED, FAILED = "Created", "Running", "Restarting", "Stalled", "Suspended", "Succeeded", "Failed"
 
 
 def find(conditions: list[dict[str, Any]], type_: str) -> Optional[dict[str, Any]]:

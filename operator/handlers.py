@@ -25,12 +25,15 @@ def _installed() -> JobLoops:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def job_event(type, namespace, name, **_) -> None:
-    """Every job, at start-up (the initial listing) and when created, gets its task."""
+async def job_event(type, namespace, name, meta, status, **_) -> None:
+    """Every job, at start-up (the initial listing) and when created, gets its task; a spec edit (runPolicy.suspend)
+    wakes it. The operator's own status writes do not."""
     if type == "DELETED":
         _installed().stop(namespace, name)
-    else:
-        _installed().ensure_running(namespace, name)
+        return
+    _installed().ensure_running(namespace, name)
+    if meta.get("generation") != status.get("observedGeneration"):
+        _installed().poke(namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT})

@@ -7,6 +7,7 @@ tables every transition.
                 └── Restarting: stop the whole gang; once every old pod is gone and the backoff has
                     passed, create the next gang (pods labelled with the new restart count)
     any → Failed: a FailJob rule, backoffLimit spent, activeDeadlineSeconds passed
+    any → Suspended while runPolicy.suspend (the gang stopped, the deadline clock paused) → a new gang on resume
 
 The status is the only memory: it is written before pods are stopped, so an operator killed at any
 point finds the restart count it decided and converges to exactly one gang.
@@ -22,7 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 from .api import LLMTrainingJob
 from .api.contract import parse_final_state
 from .clock import parse_time, rfc3339, seconds_between
-from .conditions import CREATED, FAILED, RESTARTING, RUNNING, STALLED, SUCCEEDED, find, is_true, set_condition
+from .conditions import CREATED, FAILED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, find, is_true, set_condition
 from .failures import Failure, action_for, deleted_pod, failed_pod, first_of, node_lost, stalled, vanished_pod
 from .pods import (
     Pod,
@@ -152,6 +153,10 @@ def decide(job: LLMTrainingJob, generation: Optional[int], pods: Sequence[Pod], 
 
     if d.phase in TERMINAL_PHASES:
         return _finished(d, pods)
+    if job.spec.run_policy.suspend:
+        return _suspend(d, pods)
+    if d.phase == "Suspended":
+        _resume(d)
     if _deadline_passed(d):
         return _fail_deadline(d, pods)
     if leftovers:  # an earlier gang is still there: never two gangs at once
@@ -228,7 +233,8 @@ def _step_advanced(d: _Draft, previous_progress: Mapping[str, Any]) -> None:
     last_step = parse_time(previous_progress.get("updateTime"))
     first_of_gang = running_since is not None and (last_step is None or last_step < running_since)
     failed_at = parse_time((d.status.get("failure") or {}).get("time"))
-    if d.restarts and first_of_gang and failed_at:  # the restart's downtime ends with the new gang's first step
+    caused_by_failure = failed_at is not None and (last_step is None or failed_at >= last_step)  # not a resume after suspend
+    if d.restarts and first_of_gang and caused_by_failure and failed_at:  # a restart's downtime ends with the new gang's first step
         d.status["lostSeconds"] = round(float(d.status.get("lostSeconds") or 0) + seconds_between(failed_at, d.now), 3)
 
 
@@ -237,7 +243,7 @@ def _deadline_passed(d: _Draft) -> bool:
     started = d.time("startTime")
     if limit is None or started is None:
         return False
-    deadline = started + timedelta(seconds=limit)
+    deadline = started + timedelta(seconds=limit + float(d.status.get("suspendedSeconds") or 0))
     if d.now >= deadline:
         return True
     d.wake_at(deadline)
@@ -349,6 +355,34 @@ def _restart(d: _Draft, failure: Failure, *, counted: bool, gang: Sequence[Pod],
     d.condition(RUNNING, "False", failure.reason, failure.describe())
     d.stop(gang)
     return d.decision()
+
+
+def _suspend(d: _Draft, pods: Sequence[Pod]) -> Decision:
+    """runPolicy.suspend: no pods. A gang that ran is stopped (SIGTERM: the trainer checkpoints), and the next one, on
+    resume, is a new incarnation, so that none of its pods is ever taken for the old gang's."""
+    if d.phase != "Suspended":
+        if pods or is_true(d.conditions, CREATED):
+            d.status["restarts"] = d.restarts + 1
+        d.phase = "Suspended"
+        d.status.pop("restartTime", None)
+        message = "runPolicy.suspend is true: " + ("the gang was stopped (SIGTERM, so the trainer saved a checkpoint)" if pods else "no pods")
+        d.condition(SUSPENDED, "True", "JobSuspended", message)
+        d.condition(CREATED, "False", "JobSuspended", message)
+        d.condition(RUNNING, "False", "JobSuspended", message)
+        d.clear(RESTARTING, "JobSuspended", message)
+        d.clear(STALLED, "JobSuspended", message)
+    d.stop(pods)
+    return d.decision()
+
+
+def _resume(d: _Draft) -> None:
+    """runPolicy.suspend went back to false: the deadline clock goes on, and the next gang is created as usual."""
+    since = d.since(SUSPENDED)
+    d.status["suspendedSeconds"] = round(float(d.status.get("suspendedSeconds") or 0) + seconds_between(since, d.now), 3)
+    d.phase = "Pending"
+    message = f"runPolicy.suspend is false: gang {d.restarts} starts from the latest checkpoint"
+    d.condition(SUSPENDED, "False", "JobResumed", message)
+    d.events.append(Event("Normal", "JobResumed", message))
 
 
 def _fail(d: _Draft, failure: Failure, reason: str, message: str, gang: Sequence[Pod]) -> Decision:

@@ -48,6 +48,24 @@ IntOrQuantity = Annotated[
 ]
 
 
+def unchanged(fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> str:
+    """A CEL transition rule: these fields keep their values (optional ones: stay set or unset)."""
+    parts = [f"self.{f} == oldSelf.{f}" for f in fields]
+    parts += [f"(has(self.{f}) ? has(oldSelf.{f}) && self.{f} == oldSelf.{f} : !has(oldSelf.{f}))" for f in optional]
+    return " && ".join(parts)
+
+
+# Every field but runPolicy.suspend is immutable: a running gang cannot change shape or recipe under DeepSpeed,
+# and rejecting an edit beats accepting it and silently running the old spec. suspend is how a person or a queue
+# (Kueue) stops and restarts the job. tests/unit/test_api.py checks these lists against the models.
+IMMUTABLE_SPEC_FIELDS = ("image", "nodes", "slotsPerNode", "accelerator", "resources", "podTemplate", "launcher", "model", "data",
+                         "training", "deepspeed", "checkpoint", "network", "monitoring")
+IMMUTABLE_RUN_POLICY_FIELDS = ("backoffLimit", "podFailurePolicy", "cleanPodPolicy")
+IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS = ("activeDeadlineSeconds", "ttlSecondsAfterFinished", "stallTimeoutSeconds", "startupTimeoutSeconds")
+IMMUTABLE_MESSAGE = ("spec is immutable once the job is created, except runPolicy.suspend: delete the job and create it again "
+                     "(it resumes from the latest checkpoint)")
+
+
 def cel(rule: str, message: str | None = None, *, message_expression: str | None = None, field_path: str | None = None):
     """One CEL x-kubernetes-validations entry."""
     entry: dict[str, str] = {"rule": rule}
@@ -365,6 +383,11 @@ class PodFailurePolicy(ApiModel):
 
 
 class RunPolicy(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [
+            cel(unchanged(IMMUTABLE_RUN_POLICY_FIELDS, IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS), IMMUTABLE_MESSAGE)]}
+    )
+
     backoff_limit: int = Field(
         3, ge=0, description="Gang restarts that count (see podFailurePolicy) before the job fails with reason BackoffLimitExceeded. "
         "A restart stops every worker (SIGTERM, so live ranks checkpoint), waits until all are gone and a backoff has passed "
@@ -388,7 +411,11 @@ class RunPolicy(ApiModel):
         None, ge=10, description="Like stallTimeoutSeconds, for the first step of each gang: from all workers Running to the first step "
         "the operator reads (model build, compilation, data loading and checkpoint loading take minutes). Unset: off."
     )
-    suspend: bool = Field(False, description="Suspended jobs have no pods; resuming starts them from the latest checkpoint. Validated, not yet enforced.")
+    suspend: bool = Field(
+        False, description="The one mutable field. true: the gang is stopped (SIGTERM, so the trainer checkpoints), phase Suspended, "
+        "and the activeDeadlineSeconds clock pauses; a job created suspended creates no pods. false again: a new gang resumes from "
+        "the latest checkpoint (status.restarts counts it, countedRestarts does not)."
+    )
     clean_pod_policy: Literal["None", "Running", "All"] = Field(
         "Running", description="Pods deleted when the job finishes: None, Running (still running ones), All. Pods of a gang being restarted are always deleted."
     )
@@ -411,9 +438,7 @@ class LLMTrainingJobSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                # A running gang cannot change shape or recipe under DeepSpeed; rejecting the edit
-                # beats accepting it and silently running the old spec.
-                cel("self == oldSelf", "spec is immutable once the job is created: delete the job and create it again (it resumes from the latest checkpoint)"),
+                cel(unchanged(IMMUTABLE_SPEC_FIELDS), IMMUTABLE_MESSAGE),
                 cel(
                     "!has(self.training.globalBatchSize) || self.training.globalBatchSize % (self.training.microBatchSize * self.nodes * self.slotsPerNode) == 0",
                     message_expression="'training.globalBatchSize (%d) must be divisible by microBatchSize × nodes × slotsPerNode = %d × %d × %d = %d'"
@@ -526,6 +551,7 @@ class LLMTrainingJobStatus(ApiModel):
     restarts: int = Field(0, description="Gang restarts so far, counted or not; worker pods carry it as the llmtraining.dev/restart label.")
     counted_restarts: int = Field(0, description="Restarts that count toward runPolicy.backoffLimit.")
     restart_time: Optional[str] = Field(None, description="While Restarting: when the next gang may start (the backoff).")
+    suspended_seconds: float = Field(0, description="Time spent suspended, which activeDeadlineSeconds does not count.")
     first_step_time: Optional[str] = Field(None, description="When the operator first read a training step (time to first step = this - creation).")
     lost_seconds: float = Field(
         0, description="Seconds lost to restarts and stalls: for each restart, from the last step read before the failure to the first step of the next gang."

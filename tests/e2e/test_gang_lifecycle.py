@@ -157,3 +157,25 @@ def test_stalled_step_restarts_the_gang(control_plane, operator, namespace):
     assert failure["reason"] == "Stalled" and "step 4 has not advanced for 10 s" in failure["message"]
     assert job["status"]["countedRestarts"] == 1 and job["status"]["lostSeconds"] >= 10
     assert "Stalled" in {e["reason"] for e in events(cp, namespace, "hung")}
+
+
+def test_suspend_stops_the_gang_and_resume_starts_a_new_one(control_plane, operator, namespace):
+    cp = control_plane
+    cp.apply(job_manifest("pausable"), namespace)
+    wait_phase(cp, operator, namespace, "pausable", "Running")
+    cp.kubectl("patch", "ltj", "pausable", "-n", namespace, "--type=merge", "-p", '{"spec": {"runPolicy": {"suspend": true}}}')
+    job = wait_phase(cp, operator, namespace, "pausable", "Suspended")
+    cp.wait_for(lambda: not job_pods(cp, namespace, "pausable"), timeout=60, what="the suspended gang stopped")
+    assert reasons(job)["Suspended"] == "JobSuspended" and job["status"]["restarts"] == 1
+    cp.kubectl("patch", "ltj", "pausable", "-n", namespace, "--type=merge", "-p", '{"spec": {"runPolicy": {"suspend": false}}}')
+    job = wait_restarted(cp, operator, namespace, "pausable", 1)
+    assert job["status"]["countedRestarts"] == 0 and "failure" not in job["status"]
+    assert {e["reason"] for e in events(cp, namespace, "pausable")} >= {"JobSuspended", "JobResumed"}
+
+
+def test_job_created_suspended_creates_no_pods(control_plane, operator, namespace):
+    cp = control_plane
+    cp.apply(job_manifest("queued", runPolicy={"suspend": True}), namespace)
+    wait_phase(cp, operator, namespace, "queued", "Suspended")
+    time.sleep(2)
+    assert job_pods(cp, namespace, "queued") == []

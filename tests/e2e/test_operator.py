@@ -61,6 +61,11 @@ class TestCRD:
         result = control_plane.kubectl("patch", "ltj", "frozen", "-n", namespace, "--type=merge", "-p", '{"spec": {"training": {"steps": 20}}}', check=False)
         assert result.returncode != 0 and "spec is immutable once the job is created" in result.stderr
         control_plane.kubectl("annotate", "ltj", "frozen", "-n", namespace, "team=search")  # metadata stays editable
+        for patch in ('{"spec": {"runPolicy": {"backoffLimit": 9}}}', '{"spec": {"runPolicy": {"activeDeadlineSeconds": 60}}}',
+                      '{"spec": {"podTemplate": {"labels": {"x": "y"}}}}'):
+            result = control_plane.kubectl("patch", "ltj", "frozen", "-n", namespace, "--type=merge", "-p", patch, check=False)
+            assert result.returncode != 0 and "except runPolicy.suspend" in result.stderr, patch
+        control_plane.kubectl("patch", "ltj", "frozen", "-n", namespace, "--type=merge", "-p", '{"spec": {"runPolicy": {"suspend": true}}}')
 
 
 # ---------------------------------------------------------------------------------------- reconcile

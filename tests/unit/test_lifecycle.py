@@ -341,3 +341,45 @@ def test_clean_pod_policy(make_job, policy, deleted):
 def test_status_patch_removes_cleared_keys():
     assert status_patch({"phase": "Restarting", "restartTime": "x"}, {"phase": "Created"}) == {"phase": "Created", "restartTime": None}
     assert status_patch({"phase": "Running"}, {"phase": "Running"}) == {}
+
+
+# ============================================================================================ suspend
+def test_suspend_stops_the_gang_and_resume_starts_the_next_one(make_job):
+    running = running_status(make_job())
+    suspended = run(make_job(suspend=True), gang(), running, now=30)
+    status = suspended.status
+    assert status["phase"] == "Suspended" and status["restarts"] == 1 and status["countedRestarts"] == 0
+    assert sorted(suspended.delete_pods) == ["demo-worker-0", "demo-worker-1"] and not suspended.create_pods
+    assert conditions(status)["Suspended"] == ("True", "JobSuspended") and conditions(status)["Running"][0] == "False"
+    assert "JobSuspended" in [e.reason for e in suspended.events] and "failure" not in status
+    still = run(make_job(suspend=True), [], status, now=100)
+    assert still.status["phase"] == "Suspended" and not still.create_pods and not still.delete_pods
+    resumed = run(make_job(), [], still.status, now=130)
+    assert resumed.create_pods and resumed.status["suspendedSeconds"] == 100
+    assert conditions(resumed.status)["Suspended"] == ("False", "JobResumed") and "JobResumed" in [e.reason for e in resumed.events]
+    created = run(make_job(), gang("Pending", restart=1), still.status, now=131).status
+    assert created["phase"] == "Created" and created["restarts"] == 1
+
+
+def test_job_created_suspended_has_no_pods(make_job):
+    decision = run(make_job(suspend=True), [])
+    assert decision.status["phase"] == "Suspended" and decision.status["restarts"] == 0 and not decision.create_pods
+
+
+def test_the_deadline_clock_pauses_while_suspended(make_job):
+    job = make_job(activeDeadlineSeconds=100)
+    previous = {**running_status(job), "suspendedSeconds": 50}  # started at -10: due at 140 instead of 90
+    assert run(job, gang(), previous, now=120).status["phase"] == "Running"
+    assert run(job, gang(), previous, now=140).status["phase"] == "Failed"
+    assert run(make_job(activeDeadlineSeconds=100, suspend=True), gang(), running_status(job), now=500).status["phase"] == "Suspended"
+
+
+def test_a_resume_is_not_lost_time(make_job):
+    job = make_job()
+    stepping = run(job, gang(), running_status(job), now=10, reported=reported(7)).status
+    failed_before = {**stepping, "failure": {"reason": "Error", "time": ts(5)}}  # an older failure, before the last step
+    suspended = run(make_job(suspend=True), gang(), failed_before, now=20).status
+    resumed = run(job, gang("Pending", restart=1), suspended, now=30).status
+    running = run(job, gang(restart=1), resumed, now=35).status
+    first = run(job, gang(restart=1), running, now=40, reported=reported(8, pod_uid="pod-0-1")).status
+    assert float(first.get("lostSeconds") or 0) == 0
