@@ -6,7 +6,7 @@ import json
 import logging
 import socket
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -75,12 +75,12 @@ class Kube:
             "count": 1,
         }
         try:
-            _drain(self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False))
+            _drain(self.core.create_namespaced_event(meta["namespace"], cast(Any, body), _preload_content=False))
         except ApiException as exc:  # an event is worth less than the reconcile that emits it
             log.warning("could not post event %s on %s: %s", event.reason, meta["name"], exc.reason)
 
     def list_job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        response = self.core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}", _preload_content=False)
+        response: Any = self.core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}", _preload_content=False)
         return json.loads(response.data)["items"]
 
     def delete_pod(self, namespace: str, name: str) -> None:
@@ -95,14 +95,14 @@ class Kube:
         """Delete the job (its children follow by garbage collection); the UID precondition spares a namesake."""
         body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
         try:
-            _drain(self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body=body, _preload_content=False))
+            _drain(self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body=cast(Any, body), _preload_content=False))
         except ApiException as exc:
             if exc.status not in (404, 409):  # gone already, or a namesake
                 raise
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return cast(dict[str, Any], self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
