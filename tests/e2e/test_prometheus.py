@@ -24,7 +24,6 @@ from operator_harness import get_job, wait_phase
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 40
-TRAINER_PORT = 29600
 MESSAGE_ANNOTATION = "kwok.llmtraining.dev/termination-message"
 NO_DATA_EXPECTED = {"MFU"}  # CPU: the peak is unknown, so MFU is absent by design
 
@@ -44,7 +43,8 @@ def manifest(name: str) -> dict:
         "model": {"preset": "tiny", "seqLen": 32}, "data": {"format": "synthetic"},
         "training": {"steps": STEPS, "microBatchSize": 2, "globalBatchSize": 8, "precision": "fp32", "zeroStage": 1,
                      "learningRate": 0.01, "warmupSteps": 3, "logIntervalSteps": 1, "compile": False, "seed": 7},
-        "checkpoint": {"intervalSteps": 20, "keep": 2}}}
+        "checkpoint": {"intervalSteps": 20, "keep": 2},
+        "monitoring": {"port": free_port()}}}  # not the default: nothing else on this machine may hold it
 
 
 def label(name: str) -> str:
@@ -105,12 +105,19 @@ class Prometheus:
         params = {"query": expr, **({"time": f"{at:.3f}"} if at else {})}
         url = f"http://127.0.0.1:{self.port}/api/v1/query?{urllib.parse.urlencode(params)}"
         try:
-            with urllib.request.urlopen(url, timeout=10) as response:
+            with urllib.request.urlopen(url, timeout=30) as response:
                 body = json.loads(response.read())
         except urllib.error.HTTPError as exc:  # a bad query: 400 with the error in the body
             body = json.loads(exc.read())
         assert body["status"] == "success", f"{expr}: {body.get('error')}"
         return body["data"]["result"]
+
+    def poll(self, expr: str) -> list[dict]:
+        """For waiting: a slow answer (a loaded machine) is no answer yet."""
+        try:
+            return self.query(expr)
+        except OSError:
+            return []
 
     def ready(self) -> bool:
         try:
@@ -133,13 +140,14 @@ def promtool_check(url: str) -> None:
 
 
 def start_trainer(job: dict, out: Path) -> subprocess.Popen:
-    """The pods' path on this machine: llm-train launch → DeepSpeed's runner → 2 CPU ranks of llm_trainer.worker."""
+    """The pods' path on this machine: llm-train launch → DeepSpeed's runner → 2 CPU ranks of llm_trainer.worker,
+    serving /metrics on the job's monitoring.port on every address, the kwok pod's IP (127.244.x.y) included."""
     out.mkdir(parents=True)
     (out / "job.yaml").write_text(yaml.safe_dump(job))
     (out / "hostfile").write_text("localhost slots=2\n")
     (out / "termination-log").write_text("")
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", LLMTRAIN_FINAL_SCRAPE_SECONDS="8",
-               LLMTRAIN_METRICS_PORT=str(TRAINER_PORT))
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", LLMTRAIN_FINAL_SCRAPE_SECONDS="8")
+    env.pop("LLMTRAIN_METRICS_PORT", None)
     deepspeed = [str(Path(sys.executable).with_name("deepspeed")), f"--hostfile={out / 'hostfile'}", "--no_ssh", "--node_rank=0",
                  "--master_addr=127.0.0.1", f"--master_port={free_port()}", "--module", "llm_trainer.worker",
                  "--job", str(out / "job.yaml"), "--output-dir", str(out)]
@@ -170,12 +178,12 @@ def test_prometheus_sees_the_whole_run_and_the_status_its_end(control_plane, ope
     trainer = start_trainer(job, tmp_path / "run")
     try:
         cp.wait_for(prometheus.ready, timeout=60, what="prometheus ready")
-        cp.wait_for(lambda: prometheus.query('llmtrain_step{llmtraining_job="watched"}'), timeout=240, what="the trainer scraped")
-        promtool_check(f"http://{pod_ip}:{TRAINER_PORT}/metrics")
+        cp.wait_for(lambda: prometheus.poll('llmtrain_step{llmtraining_job="watched"}'), timeout=240, what="the trainer scraped")
+        promtool_check(f"http://{pod_ip}:{job['spec']['monitoring']['port']}/metrics")
         promtool_check(f"http://127.0.0.1:{operator.metrics_port}/metrics")
 
         def final_step_scraped():
-            result = prometheus.query('llmtrain_step{llmtraining_job="watched"} and on() llmtrain_finished == 1')
+            result = prometheus.poll('llmtrain_step{llmtraining_job="watched"} and on() llmtrain_finished == 1')
             return time.time() if result and float(result[0]["value"][1]) == STEPS else None
 
         ended_at = cp.wait_for(final_step_scraped, timeout=300, interval=0.5, what="the final step scraped (the endpoint lingers)")
