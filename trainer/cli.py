@@ -32,6 +32,7 @@ from typing import Any, Optional
 import yaml
 
 from .markers import MARKER_DIR_ENV
+from .shm import release_allreduce_buffers
 
 PREEMPTED_EXIT = 143
 
@@ -112,8 +113,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     rundir.write_record(out, name, manifest, key)
 
+    master_port = str(args.master_port or free_port())
     cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-           "--master_addr", "127.0.0.1", "--master_port", str(args.master_port or free_port()),
+           "--master_addr", "127.0.0.1", "--master_port", master_port,
            "--hostfile", str(out / "no-hostfile"),  # single node, even if /job/hostfile exists
            "--module", "llm_trainer.worker", "--job", str(manifest), "--output-dir", str(out)]
     if args.stop_at_step is not None:
@@ -123,6 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = out / rundir.LOG
     console.begin(ranks, env.get("DS_ACCELERATOR", "cuda"), log, removed)
     code = _launch(cmd, env, log, console)
+    release_allreduce_buffers("127.0.0.1", master_port)  # ranks killed by a signal leave theirs behind
 
     complete, preempted = markers.read(marker_dir, markers.COMPLETE), markers.read(marker_dir, markers.PREEMPTED)
     if complete is not None:

@@ -38,6 +38,7 @@ from typing import Optional
 from llm_operator.api.contract import final_state_line
 
 from . import markers, ssh
+from .shm import release_allreduce_buffers
 from .markers import COMPLETE as COMPLETE_MARKER
 from .markers import MARKER_DIR_ENV as MARKER_ENV
 from .markers import PREEMPTED as PREEMPTED_MARKER
@@ -607,6 +608,12 @@ def serve_sshd_only(sup: Supervisor) -> tuple[int, str]:
     return (code if code > 0 else 128 - code if code < 0 else EXIT_SSH), f"sshd exited unexpectedly with status {code}"
 
 
+def master_of(command: list[str]) -> tuple[Optional[str], Optional[str]]:
+    """--master_addr and --master_port of a DeepSpeed runner command line."""
+    values = dict(arg.split("=", 1) for arg in command if arg.startswith(("--master_addr=", "--master_port=")))
+    return values.get("--master_addr"), values.get("--master_port")
+
+
 def run_command(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
     marker_dir = clear_markers(args.marker_dir) if args.marker_dir else None
     env = command_env(args)
@@ -620,6 +627,7 @@ def run_command(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
     assert returncode is not None  # wait() returns once the command exited
     log("info", "command exited", returncode=returncode, runtime_s=round(time.monotonic() - started, 1))
     sup.drain(timeout=None if sup.received else args.linger_timeout)
+    release_allreduce_buffers(*master_of(args.command))  # ranks killed by a signal leave theirs behind
     if marker_dir is None:
         return decide_outcome(returncode, None, sup.received)
     return decide_outcome(returncode, (marker_dir / COMPLETE_MARKER).exists(), sup.received,

@@ -31,6 +31,7 @@ from .data import build_loader, build_source, data_path
 from .engine import Dist, build_engine, init_distributed
 from .hf import config_from_hf, load_hf_weights, read_hf_config, save_hf_model
 from .metrics import Metrics, Progress, log_json, metrics_port, peak_flops
+from .shm import release_allreduce_buffers
 from .model import ModelConfig, build_model, count_params, flops_per_token
 
 SUMMARY = "summary.json"
@@ -392,6 +393,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as exc:  # the launcher reports the first rank's error as the pod's termination message
         markers.write_error(markers.marker_dir(args.output_dir), int(os.environ.get("RANK", 0)), exc)
         raise
+    finally:
+        release_allreduce_buffers(os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), int(os.environ.get("LOCAL_RANK", 0)))
     torch.distributed.destroy_process_group()
     return code
 

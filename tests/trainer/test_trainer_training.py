@@ -71,6 +71,9 @@ def test_stop_and_resume_is_bit_exact(tmp_path, reference_run):
     second = run_ranks(job, tmp_path / "out")
     assert second.codes == [0, 0], second.log_tail()
     assert second.summary["resumed_from"] == "global_step13"
+    from llm_trainer.shm import allreduce_buffers
+
+    assert allreduce_buffers("127.0.0.1", second.port) == []  # each rank removed its shared-memory buffer
     assert sorted(second.losses) == list(range(14, 31))
     expected = reference_run.losses
     for step, loss in {**first.losses, **second.losses}.items():

@@ -67,6 +67,7 @@ class Run:
     codes: list[int]
     out: Path
     logs: list[Path]
+    port: str = ""  # the rendezvous port (MASTER_PORT)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -80,10 +81,10 @@ class Run:
         return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:]) for p in self.logs)
 
 
-def start_ranks(job: Path, out: Path, world: int = 2, args: tuple[str, ...] = (), env: Optional[dict] = None):
+def start_ranks(job: Path, out: Path, world: int = 2, args: tuple[str, ...] = (), env: Optional[dict] = None, port: Optional[str] = None):
     """Start `world` worker processes with the env DeepSpeed's launch.py gives them (one node)."""
     out.mkdir(parents=True, exist_ok=True)
-    port = str(free_port())
+    port = port or str(free_port())
     procs, logs = [], []
     attempt = len(list(out.glob("run*-rank0.log")))  # a resumed run keeps the earlier run's logs
     for rank in range(world):
@@ -100,7 +101,8 @@ def start_ranks(job: Path, out: Path, world: int = 2, args: tuple[str, ...] = ()
 
 def run_ranks(job: Path, out: Path, world: int = 2, args: tuple[str, ...] = (), env: Optional[dict] = None,
               timeout: float = 240) -> Run:
-    procs, logs = start_ranks(job, out, world, args, env)
+    port = str(free_port())
+    procs, logs = start_ranks(job, out, world, args, env, port=port)
     deadline = time.monotonic() + timeout
     codes = []
     try:
@@ -111,7 +113,7 @@ def run_ranks(job: Path, out: Path, world: int = 2, args: tuple[str, ...] = (), 
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return Run(codes, out, logs)
+    return Run(codes, out, logs, port)
 
 
 @dataclass
