@@ -6,14 +6,17 @@ import logging
 
 import kopf
 import prometheus_client
+from kubernetes import client
 from kubernetes import config as kube_config
 
 from . import handlers
 from .job_loop import JobLoops
 from .kube import Kube
 from .lifecycle import LifecycleSettings
-from .reconcile import Reconciler
+from .reconcile import WRITE_CONCURRENCY, Reconciler
 from .render import RenderContext
+from .render.names import JOB_NAME_LABEL
+from .view import ClusterView
 
 PREFIX = "llmtraining.dev"
 log = logging.getLogger("llm_operator")
@@ -34,6 +37,8 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    # only our pods, filtered by the API server: the others would cost memory and CPU for nothing
+    settings.watching.label_selectors["v1", "pods"] = JOB_NAME_LABEL
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 8
 
@@ -45,10 +50,12 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
     load_kube_config()
     from .ssh_keys import generate_job_keys
 
-    kube = Kube()
-    reconciler = Reconciler(kube=kube, ctx=RenderContext(cluster_domain=cluster_domain), emit=kube.post_event,
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 2 * WRITE_CONCURRENCY  # the writers, the reconcile threads, the sweeps
+    kube = Kube(client.ApiClient(configuration))
+    reconciler = Reconciler(kube=kube, view=ClusterView(), ctx=RenderContext(cluster_domain=cluster_domain), emit=kube.post_event,
                             generate_ssh_keys=generate_job_keys, settings=lifecycle or LifecycleSettings())
-    handlers.install(JobLoops(reconciler, progress_interval))
+    handlers.install(JobLoops(reconciler, progress_interval, namespaces=namespaces))
 
     if metrics_port:
         prometheus_client.start_http_server(metrics_port)

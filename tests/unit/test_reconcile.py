@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from datetime import datetime, timezone
 
 import pytest
@@ -11,37 +12,45 @@ from llm_operator.job_loop import JobLoops
 from llm_operator.kube import ForeignChild
 from llm_operator.reconcile import Reconciler
 from llm_operator.render import RenderContext
+from llm_operator.view import ClusterView
 
 SINCE = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 class FakeKube:
-    """Records what the reconciler does, in order; objects live in dicts like on a real API server."""
+    """Records what the reconciler does, in order; objects live in dicts like on a real API server, and every
+    change reaches the view as the watches would bring it."""
 
-    def __init__(self, body):
+    def __init__(self, body, view):
         self.body = body
+        self.view = view
         self.objects = {}
         self.calls = []
+        self.version = 100
+        self._stamp(body)
+        view.observe_job(body)
 
-    def get_job(self, namespace, name):
-        return self.body
+    def _stamp(self, obj):
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+        obj["metadata"].setdefault("uid", f"uid-{self.version}")
+        return obj
 
     def create_if_absent(self, obj):
         key = (obj["kind"], obj["metadata"]["name"])
         if key in self.objects:
             if self.objects[key]["metadata"]["ownerReferences"][0]["uid"] != obj["metadata"]["ownerReferences"][0]["uid"]:
                 raise ForeignChild(key)
-            return False
-        self.objects[key] = obj
+            return False, copy.deepcopy(self.objects[key])
+        self.objects[key] = self._stamp(copy.deepcopy(obj))
         self.calls.append(("create", key))
-        return True
-
-    def list_job_pods(self, namespace, job_name):
-        return [o for (kind, _), o in self.objects.items() if kind == "Pod"]
+        return True, copy.deepcopy(self.objects[key])
 
     def delete_pod(self, namespace, name):
         self.calls.append(("delete", name))
-        del self.objects[("Pod", name)]
+        pod = self.objects.pop(("Pod", name))
+        self.view.observe_pod(pod, deleted=True)  # the watch's DELETED event
+        return None
 
     def delete_job(self, namespace, name, uid):
         self.calls.append(("delete-job", name))
@@ -51,9 +60,15 @@ class FakeKube:
         status = dict(self.body.get("status") or {})
         status.update(patch)
         self.body["status"] = {k: v for k, v in status.items() if v is not None}
+        return copy.deepcopy(self._stamp(self.body))
 
     def set_pod(self, name, **status):
-        self.objects[("Pod", name)]["status"] = status
+        pod = self.objects[("Pod", name)]
+        pod["status"] = status
+        self.view.observe_pod(copy.deepcopy(self._stamp(pod)))  # the watch's MODIFIED event
+
+    def pods(self):
+        return [o for (kind, _), o in self.objects.items() if kind == "Pod"]
 
 
 def make_reconciler(body):
@@ -63,7 +78,8 @@ def make_reconciler(body):
         keys_made.append(1)
         return {"id_ed25519": f"key-{len(keys_made)}"}
 
-    reconciler = Reconciler(kube=FakeKube(body), ctx=RenderContext(), emit=lambda b, e: events.append(e), generate_ssh_keys=keys)
+    view = ClusterView()
+    reconciler = Reconciler(kube=FakeKube(body, view), view=view, ctx=RenderContext(), emit=lambda b, e: events.append(e), generate_ssh_keys=keys)
     return reconciler, events, keys_made
 
 
@@ -103,7 +119,7 @@ def test_gang_restart_writes_status_before_stopping_pods_and_relabels_the_next_g
     assert any(e.reason == "Restarting" for e in events)
     manifest["status"]["restartTime"] = "2000-01-01T00:00:00Z"  # backoff over
     reconcile(reconciler, manifest)
-    pods = kube.list_job_pods("team-a", "demo")
+    pods = kube.pods()
     assert sorted(p["metadata"]["labels"]["llmtraining.dev/restart"] for p in pods) == ["1", "1"]
     assert manifest["status"]["phase"] == "Created" and "restartTime" not in manifest["status"]
 
@@ -153,10 +169,16 @@ def test_reconcile_reports_an_unrunnable_spec(manifest):
 
 
 # ------------------------------------------------------------------------------------------ job loop
+class EmptyCluster:
+    def list(self, kind, namespace=None):
+        return [], "1"
+
+
 class CountingReconciler:
     def __init__(self, fail_first=0):
         self.calls = 0
         self.fail_first = fail_first
+        self.kube, self.view = EmptyCluster(), ClusterView()
 
     def reconcile_by_name(self, namespace, name, observed_since, reported):
         self.calls += 1
