@@ -16,7 +16,9 @@ object). The task is started from Kopf's watch of the jobs instead, and stopped 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from .clock import utcnow
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 JobKey = tuple[str, str]  # (namespace, name)
 RESYNC_SECONDS = 600.0  # a reconcile at least this often, whatever was (not) seen
 RETRY_SECONDS = (1.0, 60.0)  # after a failed reconcile: first delay, cap
+RECONCILE_THREADS = 16  # reconciles at once; they mostly wait for the API server (writes: reconcile.WRITE_CONCURRENCY)
 
 
 class JobLoops:
@@ -43,6 +46,7 @@ class JobLoops:
         self.fetch = fetch
         self._pokes: dict[JobKey, asyncio.Event] = {}
         self._tasks: dict[JobKey, asyncio.Task] = {}
+        self._threads = ThreadPoolExecutor(RECONCILE_THREADS, thread_name_prefix="reconcile")
 
     # ------------------------------------------------------------------------- watch events (event loop)
     def on_job(self, type_: Optional[str], body: dict[str, Any]) -> None:
@@ -123,7 +127,10 @@ class JobLoops:
                 if loop.time() >= due or poke.is_set():
                     poke.clear()
                     try:
-                        outcome = await asyncio.to_thread(self.reconciler.reconcile_by_name, namespace, name, observed_since, reported)
+                        reconcile = functools.partial(self.reconciler.reconcile_by_name, namespace, name, observed_since, reported)
+                        outcome = await loop.run_in_executor(self._threads, reconcile)
+                        if outcome is not None and outcome.finishing is not None:
+                            await asyncio.wrap_future(outcome.finishing)
                     except Exception as exc:  # retried: whatever triggered this reconcile must not be lost
                         failures += 1
                         delay = min(RETRY_SECONDS[0] * 2 ** (failures - 1), RETRY_SECONDS[1])

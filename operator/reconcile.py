@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Mapping, Optional
@@ -27,11 +27,12 @@ from .pods import name_of
 from .progress import ScrapeTarget, scrape_target
 from .render import RenderContext, render_children
 from .view import ClusterView
+from .writers import CREATE, FINISH, Writers
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict, Event], None]
-WRITE_CONCURRENCY = 16  # a gang's creates (and deletes) in flight at once, all jobs together
+WRITE_CONCURRENCY = 16  # writes in flight at once, all jobs together (reconciles wait for the writer threads)
 COUNT_KEYS = frozenset({"readyNodes", "nodesReady"})
 COUNT_DELAY = 2.0  # seconds a change of only the ready count may wait, so one write covers a gang coming up
 
@@ -40,6 +41,7 @@ COUNT_DELAY = 2.0  # seconds a change of only the ready count may wait, so one w
 class Outcome:
     decision: Decision
     scrape: Optional[ScrapeTarget]  # rank 0's metrics, while the gang runs
+    finishing: Optional[Future] = None  # the decision's status write, Events and stops; the next reconcile waits for it
 
 
 @dataclass
@@ -50,7 +52,7 @@ class Reconciler:
     emit: EventSink
     generate_ssh_keys: Callable[[], dict[str, str]]
     settings: LifecycleSettings = LifecycleSettings()
-    writers: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(WRITE_CONCURRENCY, thread_name_prefix="write"))
+    writers: Writers = field(default_factory=lambda: Writers(WRITE_CONCURRENCY))
     _counts_pending: dict[tuple[str, str], float] = field(default_factory=dict)  # job → since when (monotonic)
 
     def reconcile_by_name(self, namespace: str, name: str, observed_since: datetime, reported: Optional[Mapping[str, Any]] = None) -> Optional[Outcome]:
@@ -96,22 +98,40 @@ class Reconciler:
             pods, decision = decide_now()  # with the gang just created (merged into the view)
 
         patch, wake = self._status_to_write(namespace, name, previous, decision.status)
-        if patch:  # first, so that an operator killed from here on finds what was decided
-            self.view.observe_job(self.kube.patch_job_status(namespace, name, patch))
-        for event in decision.events:
-            self.emit(body, event)
-        if decision.delete_pods:
-            log.info("stopping pods %s", ", ".join(decision.delete_pods), extra={"job": name})
-            self._in_parallel(lambda pod: self._stop_pod(namespace, pod), decision.delete_pods)
-        if decision.delete_job:
-            log.info("deleting job: ttlSecondsAfterFinished passed", extra={"job": name})
-            self.kube.delete_job(namespace, name, meta["uid"])
-        metrics.record(namespace, name, meta.get("creationTimestamp"), previous, decision.status)
         if wake is not None:
             decision.wake_after = min(wake, decision.wake_after if decision.wake_after is not None else wake)
         running = decision.status.get("phase") == "Running"
         target = scrape_target(pods, decision.status["restarts"], job.spec.monitoring.port) if running else None
-        return Outcome(decision, target)
+        if not (patch or decision.events or decision.delete_pods or decision.delete_job):
+            metrics.record(namespace, name, meta.get("creationTimestamp"), previous, decision.status)
+            return Outcome(decision, target)
+        return Outcome(decision, target, self.writers.submit(FINISH, self._finish, body, patch, decision))
+
+    def _finish(self, body: dict, patch: dict, decision: Decision) -> None:
+        """Carry out the rest of a decision, in order: the status first, so that an operator killed from here
+        on finds what was decided; then Events; then stop pods (one by one: this runs on a writer thread)."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            if patch:
+                self.view.observe_job(self.kube.patch_job_status(namespace, name, patch))
+            for event in decision.events:
+                self.emit(body, event)
+            if decision.delete_pods:
+                log.info("stopping pods %s", ", ".join(decision.delete_pods), extra={"job": name})
+            for pod in decision.delete_pods:
+                self._stop_pod(namespace, pod)
+            if decision.delete_job:
+                log.info("deleting job: ttlSecondsAfterFinished passed", extra={"job": name})
+                self.kube.delete_job(namespace, name, meta["uid"])
+        except NamespaceTerminating:
+            log.info("namespace %s is being deleted: leaving job %s to the garbage collector", namespace, name)
+            self.view.mark_terminating(namespace)
+            return
+        except Exception:
+            metrics.RECONCILES.labels(result="error").inc()
+            raise
+        metrics.record(namespace, name, meta.get("creationTimestamp"), body.get("status") or {}, decision.status)
 
     def _status_to_write(self, namespace: str, name: str, previous: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[dict, Optional[float]]:
         """The status patch to write now, and when to look again if a change of only the ready count waits."""
@@ -150,9 +170,9 @@ class Reconciler:
             self.view.observe_pod(pod, deleted=not pod["metadata"].get("deletionTimestamp"))
 
     def _in_parallel(self, call: Callable[[Any], Any], items: list) -> list:
-        """call(item) for every item on the shared writer threads; the results in order. Every call finishes
-        before the first error is raised (what was created is known)."""
-        futures = [self.writers.submit(call, item) for item in items]
+        """call(item) for every item on the writer threads, first in line; the results in order. Every call
+        finishes before the first error is raised (what was created is known). Never from a writer thread."""
+        futures = [self.writers.submit(CREATE, call, item) for item in items]
         errors = [f.exception() for f in futures]
         for error in errors:
             if isinstance(error, NamespaceTerminating):

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
+import time
 from datetime import datetime, timezone
 
 import pytest
 
 from llm_operator.job_loop import JobLoops
-from llm_operator.kube import ForeignChild
+from llm_operator.kube import ForeignChild, NamespaceTerminating
 from llm_operator.reconcile import Reconciler
 from llm_operator.render import RenderContext
 from llm_operator.view import ClusterView
+from llm_operator.writers import CREATE, FINISH, Writers
 
 SINCE = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -84,7 +87,10 @@ def make_reconciler(body):
 
 
 def reconcile(reconciler, body, reported=None):
-    return reconciler.reconcile(body, SINCE, reported)
+    outcome = reconciler.reconcile(body, SINCE, reported)
+    if outcome.finishing is not None:
+        outcome.finishing.result(timeout=10)  # as the job loop waits for it
+    return outcome
 
 
 RUNNING = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "podIP": "10.0.0.1"}
@@ -221,3 +227,113 @@ def test_job_loop_task_per_job_stopped_on_delete():
 
     cancelled, tasks = asyncio.run(scenario())
     assert cancelled and tasks == {}
+
+
+# ------------------------------------------------------------------------------------ requests, writers
+def test_a_reconcile_that_changes_nothing_makes_no_request(manifest):
+    reconciler, events, _ = make_reconciler(manifest)
+    reconcile(reconciler, manifest)
+    for name in ("demo-worker-0", "demo-worker-1"):
+        reconciler.kube.set_pod(name, **RUNNING)
+    reconcile(reconciler, manifest)
+    calls, posted = len(reconciler.kube.calls), len(events)
+    outcome = reconciler.reconcile_by_name("team-a", "demo", SINCE)  # reads the view, not the API server
+    assert outcome.finishing is None and len(reconciler.kube.calls) == calls and len(events) == posted
+
+
+def test_one_gang_from_creation_to_running_is_n_plus_six_writes(manifest):
+    manifest["spec"].update(nodes=8, slotsPerNode=1)
+    manifest["spec"]["training"]["globalBatchSize"] = 16
+    reconciler, events, _ = make_reconciler(manifest)
+    kube = reconciler.kube
+    reconcile(reconciler, manifest)
+    for rank in range(8):  # pods come up one by one, each event a reconcile
+        kube.set_pod(f"demo-worker-{rank}", **RUNNING)
+        reconcile(reconciler, manifest)
+    assert manifest["status"]["phase"] == "Running"
+    writes = len(kube.calls) + len(events)
+    assert writes == 8 + 6, (kube.calls, events)  # 8 pods, ConfigMap, Service, 2 status writes, 2 Events
+
+
+def test_a_change_of_only_the_ready_count_waits_a_moment(manifest, monkeypatch):
+    monkeypatch.setattr("llm_operator.reconcile.COUNT_DELAY", 0.2)
+    manifest["spec"].update(nodes=3, slotsPerNode=1)
+    manifest["spec"]["training"]["globalBatchSize"] = 6
+    reconciler, _, _ = make_reconciler(manifest)
+    kube = reconciler.kube
+    reconcile(reconciler, manifest)
+    kube.calls.clear()
+    kube.set_pod("demo-worker-0", **RUNNING)
+    outcome = reconcile(reconciler, manifest)
+    assert kube.calls == [] and 0 < outcome.decision.wake_after <= 0.2
+    time.sleep(0.25)
+    reconcile(reconciler, manifest)
+    assert kube.calls == [("status", {"readyNodes": 1, "nodesReady": "1/3"})]
+
+
+def test_a_job_in_a_terminating_namespace_is_left_alone(manifest):
+    reconciler, events, _ = make_reconciler(manifest)
+    reconciler.view.observe_namespace({"metadata": {"name": "team-a", "deletionTimestamp": "2026-01-01T00:00:00Z"}})
+    assert reconciler.reconcile_by_name("team-a", "demo", SINCE) is None
+    assert reconciler.kube.calls == [] and events == []
+
+
+def test_a_create_refused_by_a_terminating_namespace_ends_the_reconcile_quietly(manifest):
+    reconciler, events, _ = make_reconciler(manifest)
+
+    def refuse(obj):
+        raise NamespaceTerminating(obj["metadata"]["namespace"])
+
+    reconciler.kube.create_if_absent = refuse
+    assert reconciler.reconcile_by_name("team-a", "demo", SINCE) is None
+    assert reconciler.view.is_terminating("team-a") and reconciler.kube.calls == [] and events == []
+
+
+def test_writers_serve_gang_creation_before_status_and_events():
+    writers, order, gate = Writers(1), [], threading.Event()
+    writers.submit(CREATE, gate.wait)  # the only writer is busy
+    later = [writers.submit(FINISH, order.append, "status"), writers.submit(CREATE, order.append, "pod-a"),
+             writers.submit(CREATE, order.append, "pod-b")]
+    gate.set()
+    for future in later:
+        future.result(timeout=5)
+    assert order == ["pod-a", "pod-b", "status"]
+
+
+def test_only_event_handlers_are_registered():
+    """main.EventHandlersOnlyDiffBase skips Kopf's diff base: right only while no handler detects changes."""
+    import kopf
+
+    import llm_operator.handlers  # noqa: F401  (registers the handlers)
+
+    registry = kopf.get_default_registry()
+    assert registry._changing.get_all_handlers() == [] and registry._spawning.get_all_handlers() == []
+    assert {h.id for h in registry._watching.get_all_handlers()} == {"job_event", "pod_event", "namespace_event"}
+
+
+def test_job_loop_wakes_only_for_what_decisions_read(manifest):
+    """Watch events go through the view: a pod event that changes nothing a decision reads costs no reconcile."""
+    from test_view import ListingKube, api_pod, job_body
+
+    async def scenario():
+        reconciler = CountingReconciler()
+        reconciler.kube = ListingKube()
+        reconciler.kube.jobs, reconciler.kube.pods = [job_body()], [api_pod(0, version="5")]
+        loops = JobLoops(reconciler, progress_interval=0)
+        loops.on_job(None, job_body())
+        loops.on_pod("ADDED", api_pod(0, version="5"))
+        await asyncio.sleep(0.05)
+        first = reconciler.calls
+        touched = api_pod(0, version="6")
+        touched["metadata"]["labels"]["team"] = "search"
+        loops.on_pod("MODIFIED", touched)
+        await asyncio.sleep(0.05)
+        unchanged = reconciler.calls
+        loops.on_pod("MODIFIED", api_pod(0, version="7", phase="Failed", exit_code=1))
+        await asyncio.sleep(0.05)
+        changed = reconciler.calls
+        await loops.stop_all()
+        return first, unchanged, changed
+
+    first, unchanged, changed = asyncio.run(scenario())
+    assert first == 1 and unchanged == 1 and changed == 2
