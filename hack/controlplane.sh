@@ -6,6 +6,7 @@
 #   hack/controlplane.sh down    # stop what `up` started and remove the state dir
 #   hack/controlplane.sh env     # print `export KUBECONFIG=...; export PATH=...`
 #   hack/controlplane.sh status  # show component pids and health (exit 0 only when healthy)
+#   hack/controlplane.sh restart COMPONENT  # stop one component (e.g. kube-apiserver) and start it again
 #   hack/controlplane.sh bin-dir # print the cached bin dir (kubectl, helm, kwok, etcd, kube-*)
 #
 # Everything listens on 127.0.0.1. Nothing is downloaded except Go modules (GOPROXY).
@@ -17,11 +18,17 @@
 #                            $LLMTO_CACHE/controlplane/<versions-hash>/bin, GOMODCACHE/GOCACHE beside
 #   LLMTO_CP_DIR             state dir: pki, kubeconfigs, etcd data, logs/, pids/ (default /tmp/llmto-controlplane)
 #   LLMTO_CP_NODES           number of fake GPU nodes (default 3)
+#   LLMTO_CP_NODE_GPUS       nvidia.com/gpu capacity of each node (default 8)
+#   LLMTO_CP_NODE_PODS       pod capacity of each node (default 110)
+#   LLMTO_CP_AUDIT           "1": the API server writes an audit log (one JSON line per request, metadata only,
+#                            the control plane's own components left out) to logs/audit.log; policy in
+#                            hack/controlplane/audit-policy.yaml. Off by default (it costs API server CPU).
 #   LLMTO_CP_APISERVER_PORT, LLMTO_CP_ETCD_PORT, LLMTO_CP_ETCD_PEER_PORT   fixed ports (default: free ones)
 #   GO                       go binary (default: go on PATH)
 #
 # Nodes: kwok-gpu-0..N-1, labels type=kwok, nvidia.com/gpu.present=true, nvidia.com/gpu.count=8;
-#   taint nvidia.com/gpu=present:NoSchedule; capacity cpu 32, memory 256Gi, pods 110, nvidia.com/gpu 8.
+#   taint nvidia.com/gpu=present:NoSchedule; capacity cpu 32, memory 256Gi, pods 110, nvidia.com/gpu 8
+#   (pods and GPUs: see LLMTO_CP_NODE_PODS, LLMTO_CP_NODE_GPUS).
 # Pods: scheduled pods become Running/Ready (kwok stock pod-ready); annotate with
 #   kwok.llmtraining.dev/exit-code: "N" to end them (0 -> Succeeded, else Failed), see
 #   hack/controlplane/stages/pod-exit.yaml.
@@ -186,6 +193,8 @@ cmd_build() {
 # ================================================================== up =====
 # Fake GPU nodes managed by kwok.
 NODE_COUNT="${LLMTO_CP_NODES:-3}"
+NODE_GPUS="${LLMTO_CP_NODE_GPUS:-8}"
+NODE_PODS="${LLMTO_CP_NODE_PODS:-110}"
 NODE_PREFIX="kwok-gpu-"
 NODE_SELECTOR="type=kwok"
 # Stock kwok stages (from the kwok module, copied next to the binary at build time) + ours.
@@ -202,6 +211,7 @@ PKI="${STATE_DIR}/pki"
 LOGS="${STATE_DIR}/logs"
 PIDS="${STATE_DIR}/pids"
 KUBECONFIG_PATH="${STATE_DIR}/kubeconfig"
+AUDIT_POLICY="${STATE_DIR}/audit-policy.yaml"  # present iff `up` ran with LLMTO_CP_AUDIT=1 (restarts keep it)
 
 kc() { "$BIN_DIR/kubectl" --kubeconfig="$KUBECONFIG_PATH" "$@"; }
 
@@ -348,7 +358,11 @@ start_etcd() {
 }
 
 start_apiserver() {
-  start kube-apiserver "$BIN_DIR/kube-apiserver" \
+  local audit=()
+  if [[ -f "$AUDIT_POLICY" ]]; then
+    audit=(--audit-policy-file="$AUDIT_POLICY" --audit-log-path="$LOGS/audit.log" --audit-log-format=json)
+  fi
+  start kube-apiserver "$BIN_DIR/kube-apiserver" "${audit[@]}" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="${APISERVER_PORT}" \
     --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
     --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
@@ -431,9 +445,9 @@ status:
   capacity: &res
     cpu: "32"
     memory: 256Gi
-    pods: "110"
+    pods: "${NODE_PODS}"
     ephemeral-storage: 1Ti
-    nvidia.com/gpu: "8"
+    nvidia.com/gpu: "${NODE_GPUS}"
   allocatable: *res
 EON
   done | kc apply -f - >/dev/null
@@ -495,6 +509,7 @@ cmd_up() {
   # on failure: stop whatever was started, keep the logs for inspection (next `up` cleans them)
   trap 'rc=$?; if ((rc != 0)); then log "up failed; stopping components, logs kept in ${LOGS}"; stop_all; fi' EXIT
   echo "$BIN_DIR" >"$STATE_DIR/bin_dir"
+  if [[ "${LLMTO_CP_AUDIT:-0}" == 1 ]]; then cp "$HERE/audit-policy.yaml" "$AUDIT_POLICY"; fi
   choose_ports; load_ports
   gen_pki
   write_kubeconfig "$KUBECONFIG_PATH" admin llmto-admin
@@ -528,6 +543,28 @@ stop_all() {
       if kill -0 "$pid" 2>/dev/null; then log "pid ${pid} did not stop, killing"; kill -KILL "$pid" 2>/dev/null || true; fi
     done
   done
+}
+
+# restart COMPONENT: as a crash and a supervisor would (SIGTERM, then the same command line, same ports)
+cmd_restart() {
+  local name="${1:-}" pid
+  [[ " ${COMPONENTS[*]} " == *" ${name} "* ]] || die "usage: restart ${COMPONENTS[*]// /|}"
+  [[ -f "${STATE_DIR}/ports.env" ]] || die "no control plane in ${STATE_DIR}"
+  load_ports
+  if pid="$(alive_pid "$name")"; then
+    log "stopping ${name} (pid ${pid})"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  mv "$LOGS/$name.log" "$LOGS/$name.log.$(date +%s)" 2>/dev/null || true
+  case "$name" in
+    etcd) start_etcd ;;
+    kube-apiserver) start_apiserver ;;
+    kube-controller-manager) start_controller_manager ;;
+    kube-scheduler) start_scheduler ;;
+    kwok) start_kwok ;;
+  esac
 }
 
 cmd_down() {
@@ -571,8 +608,9 @@ main() {
     down) lock_state; cmd_down "$@" ;;
     env) print_env ;;
     status) cmd_status "$@" ;;
+    restart) lock_state; cmd_restart "$@" ;;
     bin-dir) echo "$BIN_DIR" ;;
-    *) echo "usage: $0 build|up|down|env|status|bin-dir" >&2; exit 2 ;;
+    *) echo "usage: $0 build|up|down|env|status|restart COMPONENT|bin-dir" >&2; exit 2 ;;
   esac
 }
 main "$@"; exit $?  # keep on one line: safe to edit this file while it runs

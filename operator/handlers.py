@@ -1,6 +1,7 @@
-"""Kopf handlers: thin. Each job gets its own task (job_loop.py), started from the job watch and stopped by
-the job's DELETED event; pod events only poke that task. No finalizer: deleting a job never waits for the
-operator, and owner references let the garbage collector remove its children.
+"""Kopf handlers: thin. Watch events feed the operator's view of the cluster and wake the jobs' tasks
+(job_loop.py); each job's task is started from the job watch and stopped by the job's DELETED event. No
+finalizer: deleting a job never waits for the operator, and owner references let the garbage collector
+remove its children.
 """
 
 from __future__ import annotations
@@ -25,20 +26,19 @@ def _installed() -> JobLoops:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def job_event(type, namespace, name, meta, status, **_) -> None:
-    """Every job, at start-up (the initial listing) and when created, gets its task; a spec edit (runPolicy.suspend)
-    wakes it. The operator's own status writes do not."""
-    if type == "DELETED":
-        _installed().stop(namespace, name)
-        return
-    _installed().ensure_running(namespace, name)
-    if meta.get("generation") != status.get("observedGeneration"):
-        _installed().poke(namespace, name)
+async def job_event(type, event, **_) -> None:
+    _installed().on_job(type, event["object"])
 
 
 @kopf.on.event("", "v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT})
-async def pod_event(namespace, labels, **_) -> None:
-    _installed().poke(namespace, labels[JOB_NAME_LABEL])
+async def pod_event(type, event, **_) -> None:
+    _installed().on_pod(type, event["object"])
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_event(type, event, **_) -> None:
+    """A namespace being deleted: its jobs are left to the garbage collector, not failed or restarted."""
+    _installed().on_namespace(type, event["object"])
 
 
 @kopf.on.cleanup()

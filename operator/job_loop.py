@@ -1,6 +1,8 @@
-"""One asyncio task per job, on Kopf's event loop: it reconciles when a pod event pokes it, when a timer
-of the last decision is due (restart backoff, deadline, TTL, stall), when rank 0's metrics change, and
-again with backoff when a reconcile fails (the API server restarting, RBAC settling): nothing is lost.
+"""One asyncio task per job, on Kopf's event loop: it reconciles when the watched view of the job or its pods
+changes (a watch event that changes nothing a decision reads wakes nobody), when a timer of the last
+decision is due (restart backoff, deadline, TTL, stall), when rank 0's metrics change, and again with
+backoff when a reconcile fails (the API server restarting, RBAC settling, a conflict): nothing is lost.
+The watch events reach the view (view.py) here, on their way to the tasks.
 
 Everything for one job runs in its task, so reconciles of a job never overlap and a burst of pod events
 coalesces into one reconcile. One job's failure never delays another's.
@@ -14,28 +16,70 @@ object). The task is started from Kopf's watch of the jobs instead, and stopped 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from .clock import utcnow
 from .kube import ForeignChild
 from .progress import ScrapeTarget, fetch_metrics, parse_progress
 from .reconcile import Reconciler
+from .view import ClusterView
+from .view_sync import ViewSync
 
 log = logging.getLogger(__name__)
 
 JobKey = tuple[str, str]  # (namespace, name)
 RESYNC_SECONDS = 600.0  # a reconcile at least this often, whatever was (not) seen
 RETRY_SECONDS = (1.0, 60.0)  # after a failed reconcile: first delay, cap
+RECONCILE_THREADS = 16  # reconciles at once; they mostly wait for the API server (writes: reconcile.WRITE_CONCURRENCY)
 
 
 class JobLoops:
-    def __init__(self, reconciler: Reconciler, progress_interval: float, fetch: Callable[[str], str] = fetch_metrics):
+    def __init__(self, reconciler: Reconciler, progress_interval: float, fetch: Callable[[str], str] = fetch_metrics,
+                 namespaces: Optional[list[str]] = None):
         self.reconciler = reconciler
+        self.view: ClusterView = reconciler.view
+        self.sync = ViewSync(reconciler.kube, self.view, namespaces or None, self._swept)
         self.progress_interval = progress_interval
         self.fetch = fetch
         self._pokes: dict[JobKey, asyncio.Event] = {}
         self._tasks: dict[JobKey, asyncio.Task] = {}
+        self._threads = ThreadPoolExecutor(RECONCILE_THREADS, thread_name_prefix="reconcile")
+
+    # ------------------------------------------------------------------------- watch events (event loop)
+    def on_job(self, type_: Optional[str], body: dict[str, Any]) -> None:
+        """Every job gets its task: at start-up (the initial listing) and when created. DELETED stops it."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        if type_ == "DELETED":
+            if self.view.forget_job(body):  # not if a namesake has taken its place meanwhile
+                self.stop(namespace, name)
+            return
+        if type_ is None:
+            self.sync.relisted()
+        changed = self.view.observe_job(body)
+        self.ensure_running(namespace, name)
+        if changed:
+            self.poke(namespace, name)
+
+    def on_pod(self, type_: Optional[str], pod: dict[str, Any]) -> None:
+        if type_ is None:
+            self.sync.relisted()
+        job = self.view.observe_pod(pod, deleted=type_ == "DELETED")
+        if job is not None:
+            self.poke(*job)
+
+    def on_namespace(self, type_: Optional[str], namespace: dict[str, Any]) -> None:
+        if self.view.observe_namespace(namespace, deleted=type_ == "DELETED"):
+            for key in self.view.jobs_in(namespace["metadata"]["name"]):
+                self.poke(*key)  # they find it terminating, and stop: the garbage collector takes it from here
+
+    def _swept(self, changed: set[JobKey], gone: set[JobKey]) -> None:
+        for key in gone:
+            self.stop(*key)
+        for key in changed:
+            self.poke(*key)
 
     def ensure_running(self, namespace: str, name: str) -> None:
         """Start the job's task unless it runs. Call from the event loop (a Kopf handler)."""
@@ -58,8 +102,10 @@ class JobLoops:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def poke(self, namespace: str, name: str) -> None:
-        """Something about the job changed (a pod event): reconcile soon. Call from the event loop."""
-        self._poke_event((namespace, name)).set()
+        """Something about the job changed: reconcile soon. Call from the event loop."""
+        poke = self._pokes.get((namespace, name))
+        if poke is not None:  # else no task runs (yet): it reconciles first thing when it starts
+            poke.set()
 
     def _poke_event(self, key: JobKey) -> asyncio.Event:
         return self._pokes.setdefault(key, asyncio.Event())
@@ -76,11 +122,15 @@ class JobLoops:
         next_scrape = loop.time()
         failures = 0
         try:
+            await self.sync.wait_synced()
             while True:
                 if loop.time() >= due or poke.is_set():
                     poke.clear()
                     try:
-                        outcome = await asyncio.to_thread(self.reconciler.reconcile_by_name, namespace, name, observed_since, reported)
+                        reconcile = functools.partial(self.reconciler.reconcile_by_name, namespace, name, observed_since, reported)
+                        outcome = await loop.run_in_executor(self._threads, reconcile)
+                        if outcome is not None and outcome.finishing is not None:
+                            await asyncio.wrap_future(outcome.finishing)
                     except Exception as exc:  # retried: whatever triggered this reconcile must not be lost
                         failures += 1
                         delay = min(RETRY_SECONDS[0] * 2 ** (failures - 1), RETRY_SECONDS[1])

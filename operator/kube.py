@@ -1,4 +1,10 @@
-"""The few Kubernetes calls the operator makes, over the official client. Objects are plain dicts."""
+"""The few Kubernetes calls the operator makes. Objects are plain dicts.
+
+Requests go through the official client's ApiClient (its configuration, authentication and pooled
+connections), but not through its generated methods: those validate every body into a typed model and
+back (2 ms of CPU per pod, more than the API server spends creating it). Every response is read to the
+end, so its connection goes back to the pool.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import json
 import logging
 import socket
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any, Optional
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -16,52 +22,97 @@ from .render.names import JOB_NAME_LABEL
 
 log = logging.getLogger(__name__)
 
+REQUEST_TIMEOUT = (10, 60)  # seconds to connect, to read: no request hangs on an API server that went away
+LIST_PAGE = 500
+_CORE_PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Secret": "secrets", "Pod": "pods", "Event": "events"}
+
 
 class ForeignChild(Exception):
     """A child's name is taken by an object this job does not own."""
 
 
+class NamespaceTerminating(Exception):
+    """The namespace is being deleted: nothing can be created in it any more."""
+
+
+def is_namespace_terminating(exc: ApiException) -> bool:
+    if exc.status != 403:
+        return False
+    try:
+        details = json.loads(exc.body or "{}").get("details") or {}
+    except ValueError:
+        return "is being terminated" in str(exc.body)
+    return any(cause.get("reason") == "NamespaceTerminating" for cause in details.get("causes") or [])
+
+
+def path_of(kind: str, namespace: Optional[str], name: Optional[str] = None) -> str:
+    """The REST path of a kind's collection (in a namespace, or across all with None), or of one object."""
+    if kind in _CORE_PLURALS:
+        base, plural = "/api/v1", _CORE_PLURALS[kind]
+    elif kind == KIND:
+        base, plural = f"/apis/{GROUP}/{VERSION}", PLURAL
+    else:
+        raise ValueError(f"no path for kind {kind}")
+    path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient | None = None):
         self.api_client = api_client or client.ApiClient()
-        self.core = client.CoreV1Api(self.api_client)
-        self.custom = client.CustomObjectsApi(self.api_client)
 
-    def create_if_absent(self, obj: dict[str, Any]) -> bool:
-        """Create the object; True if created, False if ours already exists.
+    def request(self, method: str, path: str, body: Any = None, query: Optional[list[tuple[str, str]]] = None,
+                content_type: str = "application/json") -> Any:
+        """One call; the decoded JSON response. Raises ApiException for a non-2xx status."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self.api_client.param_serialize(method, path, query_params=query, header_params=headers, body=body,
+                                                  auth_settings=["BearerToken"])
+        response = self.api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+        try:
+            data = response.read()
+        finally:
+            response.response.release_conn()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=data.decode("utf-8", "replace"), data=None)
+        return json.loads(data) if data else None
+
+    # ------------------------------------------------------------------------------------------ writes
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create the object; the object as the API server stored it."""
+        try:
+            return self.request("POST", path_of(obj["kind"], obj["metadata"]["namespace"]), obj)
+        except ApiException as exc:
+            if is_namespace_terminating(exc):
+                raise NamespaceTerminating(obj["metadata"]["namespace"]) from exc
+            raise
+
+    def create_if_absent(self, obj: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """Create the object; (True, created) or (False, ours that already exists).
 
         An existing object owned by someone else (typically a deleted job of the same name whose
         children the garbage collector has not removed yet) raises ForeignChild: never adopt it.
         """
         kind, meta = obj["kind"], obj["metadata"]
-        create, read = self._verbs[kind]
         try:
-            create(meta["namespace"], obj)
-            return True
+            return True, self.create(obj)
         except ApiException as exc:
             if exc.status != 409:  # AlreadyExists: created by an earlier (maybe interrupted) reconcile
                 raise
-        existing = json.loads(read(meta["name"], meta["namespace"], _preload_content=False).data)
+        existing = self.request("GET", path_of(kind, meta["namespace"], meta["name"]))
         owners = {ref.get("uid") for ref in existing["metadata"].get("ownerReferences", [])}
         if meta["ownerReferences"][0]["uid"] not in owners:
             raise ForeignChild(f"{kind} {meta['name']} exists but belongs to another owner (a deleted job of the same name?); waiting for it to go")
-        return False
-
-    @property
-    def _verbs(self) -> dict[str, tuple]:
-        core = self.core
-        return {
-            "ConfigMap": (core.create_namespaced_config_map, core.read_namespaced_config_map),
-            "Service": (core.create_namespaced_service, core.read_namespaced_service),
-            "Secret": (core.create_namespaced_secret, core.read_namespaced_secret),
-            "Pod": (core.create_namespaced_pod, core.read_namespaced_pod),
-        }
+        return False, existing
 
     def post_event(self, job: dict[str, Any], event) -> None:
         """A core/v1 Event on the job (works from any thread, unlike kopf.event)."""
         meta = job["metadata"]
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
             "type": event.type,
@@ -75,45 +126,45 @@ class Kube:
             "count": 1,
         }
         try:
-            _drain(self.core.create_namespaced_event(meta["namespace"], cast(Any, body), _preload_content=False))
+            self.create(body)
         except ApiException as exc:  # an event is worth less than the reconcile that emits it
             log.warning("could not post event %s on %s: %s", event.reason, meta["name"], exc.reason)
 
-    def list_job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        response: Any = self.core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}", _preload_content=False)
-        return json.loads(response.data)["items"]
-
-    def delete_pod(self, namespace: str, name: str) -> None:
-        """Graceful: the kubelet sends SIGTERM (the trainer saves a checkpoint), SIGKILL after the pod's grace period."""
+    def delete_pod(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        """Graceful: the kubelet sends SIGTERM (the trainer saves a checkpoint), SIGKILL after the pod's grace period.
+        The pod as it is now (terminating), or None if it is gone."""
         try:
-            _drain(self.core.delete_namespaced_pod(name, namespace, _preload_content=False))
+            return self.request("DELETE", path_of("Pod", namespace, name))
         except ApiException as exc:
             if exc.status != 404:
                 raise
+            return None
 
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
         """Delete the job (its children follow by garbage collection); the UID precondition spares a namesake."""
-        body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}, "propagationPolicy": "Background"}
         try:
-            _drain(self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body=cast(Any, body), _preload_content=False))
+            self.request("DELETE", path_of(KIND, namespace, name), body)
         except ApiException as exc:
             if exc.status not in (404, 409):  # gone already, or a namesake
                 raise
 
-    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return cast(dict[str, Any], self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of status (null removes a key); the job as it is now."""
+        return self.request("PATCH", path_of(KIND, namespace, name) + "/status", {"status": status},
+                            content_type="application/merge-patch+json")
 
-    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """A JSON merge patch of status: null removes a key."""
-        _drain(self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False))
-
-
-def _drain(response: Any) -> None:
-    """Read a raw response to the end so its connection goes back to the pool (else every call opens a new one)."""
-    response.drain_conn()
-    response.release_conn()
+    # ------------------------------------------------------------------------------------------- reads
+    def list(self, kind: str, namespace: Optional[str] = None) -> tuple[list[dict[str, Any]], str]:
+        """Every job, or every pod labelled for a job, in a namespace (None: all); and the list's resource version."""
+        query = [("limit", str(LIST_PAGE))]
+        if kind == "Pod":
+            query.append(("labelSelector", JOB_NAME_LABEL))
+        items: list[dict[str, Any]] = []
+        page: dict[str, Any] = {"metadata": {}}
+        while True:
+            cont = page["metadata"].get("continue")
+            page = self.request("GET", path_of(kind, namespace), query=query + ([("continue", cont)] if cont else []))
+            items += page["items"]
+            if not page["metadata"].get("continue"):
+                return items, page["metadata"].get("resourceVersion", "")

@@ -1,15 +1,19 @@
-"""One reconcile of one job: read the job and its pods → decide (lifecycle.py, pure) → act: create the gang,
-write the status (only on change, and before stopping any pod), post Events, stop pods, delete an expired job.
+"""One reconcile of one job: read the job and its pods from the watched view → decide (lifecycle.py, pure) → act:
+create the gang, write the status (only on change, and before stopping any pod), post Events, stop pods,
+delete an expired job. A reconcile that would change nothing makes no request.
 
 Safe to run any number of times, also after an operator killed mid-way: children have deterministic names
-and are created only if absent, the decision depends only on what the API server holds, and owner
-references let the garbage collector remove the children with the job.
+and are created only if absent, the decision depends only on what the API server holds (the view is fed by
+its watches, and every write's response is merged back), and owner references let the garbage collector
+remove the children with the job. A job whose namespace is being deleted is left to the garbage collector.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Mapping, Optional
 
@@ -17,45 +21,63 @@ from . import metrics
 from .api import SpecError, parse_job
 from .clock import rfc3339, utcnow
 from .conditions import FAILED, set_condition
-from .kube import Kube
+from .kube import Kube, NamespaceTerminating
 from .lifecycle import Decision, Event, LifecycleSettings, decide, status_patch
 from .pods import name_of
 from .progress import ScrapeTarget, scrape_target
 from .render import RenderContext, render_children
+from .view import ClusterView
+from .writers import CREATE, FINISH, Writers
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict, Event], None]
+WRITE_CONCURRENCY = 16  # writes in flight at once, all jobs together (reconciles wait for the writer threads)
+COUNT_KEYS = frozenset({"readyNodes", "nodesReady"})
+COUNT_DELAY = 2.0  # seconds a change of only the ready count may wait, so one write covers a gang coming up
 
 
 @dataclass
 class Outcome:
     decision: Decision
     scrape: Optional[ScrapeTarget]  # rank 0's metrics, while the gang runs
+    finishing: Optional[Future] = None  # the decision's status write, Events and stops; the next reconcile waits for it
 
 
 @dataclass
 class Reconciler:
     kube: Kube
+    view: ClusterView
     ctx: RenderContext
     emit: EventSink
     generate_ssh_keys: Callable[[], dict[str, str]]
     settings: LifecycleSettings = LifecycleSettings()
+    writers: Writers = field(default_factory=lambda: Writers(WRITE_CONCURRENCY))
+    _counts_pending: dict[tuple[str, str], float] = field(default_factory=dict)  # job → since when (monotonic)
 
     def reconcile_by_name(self, namespace: str, name: str, observed_since: datetime, reported: Optional[Mapping[str, Any]] = None) -> Optional[Outcome]:
-        """None when the job is gone (or going: its children are left to the garbage collector)."""
+        """None when the job is gone, going, or its namespace is (its children are left to the garbage collector)."""
         with metrics.RECONCILE_SECONDS.time():
-            body = self.kube.get_job(namespace, name)  # fresh: an event's copy may be stale
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                metrics.forget_job(namespace, name)
+            body = self.view.job(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp") or self.view.is_terminating(namespace):
+                self._forget(namespace, name)
                 return None
             try:
                 outcome = self.reconcile(body, observed_since, reported)
+            except NamespaceTerminating:
+                log.info("namespace %s is being deleted: leaving job %s to the garbage collector", namespace, name)
+                self.view.mark_terminating(namespace)
+                self._forget(namespace, name)
+                return None
             except Exception:
                 metrics.RECONCILES.labels(result="error").inc()
                 raise
             metrics.RECONCILES.labels(result="ok").inc()
             return outcome
+
+    def _forget(self, namespace: str, name: str) -> None:
+        metrics.forget_job(namespace, name)
+        self._counts_pending.pop((namespace, name), None)
 
     def reconcile(self, body: dict[str, Any], observed_since: datetime, reported: Optional[Mapping[str, Any]] = None) -> Outcome:
         meta = body["metadata"]
@@ -66,51 +88,100 @@ class Reconciler:
         except SpecError as exc:
             return Outcome(self._reject(body, previous, exc), None)
 
-        def decide_now(pods: list[dict]) -> Decision:
-            return decide(job, meta.get("generation"), pods, previous, utcnow(), observed_since=observed_since, reported=reported, settings=self.settings)
+        def decide_now() -> tuple[list[dict], Decision]:
+            pods = self.view.pods(namespace, name, meta.get("uid"))
+            return pods, decide(job, meta.get("generation"), pods, previous, utcnow(), observed_since=observed_since,
+                                reported=reported, settings=self.settings)
 
-        pods = self._owned_pods(job)
-        decision = decide_now(pods)
+        pods, decision = decide_now()
         if decision.create_pods:
-            self._create_gang(job, body, pods, restart=decision.status["restarts"])
-            pods = self._owned_pods(job)
-            decision = decide_now(pods)  # with the gang just created
+            self._create_gang(job, pods, restart=decision.status["restarts"])
+            pods, decision = decide_now()  # with the gang just created (merged into the view)
 
-        patch = status_patch(previous, decision.status)
-        if patch:  # first, so that an operator killed from here on finds what was decided
-            self.kube.patch_job_status(namespace, name, patch)
-        for event in decision.events:
-            self.emit(body, event)
-        for pod_name in decision.delete_pods:
-            log.info("stopping pod %s", pod_name, extra={"job": name})
-            self.kube.delete_pod(namespace, pod_name)
-        if decision.delete_job:
-            log.info("deleting job: ttlSecondsAfterFinished passed", extra={"job": name})
-            self.kube.delete_job(namespace, name, meta["uid"])
-        metrics.record(namespace, name, meta.get("creationTimestamp"), previous, decision.status)
+        patch, wake = self._status_to_write(namespace, name, previous, decision.status)
+        if wake is not None:
+            decision.wake_after = min(wake, decision.wake_after if decision.wake_after is not None else wake)
         running = decision.status.get("phase") == "Running"
         target = scrape_target(pods, decision.status["restarts"], job.spec.monitoring.port) if running else None
-        return Outcome(decision, target)
+        if not (patch or decision.events or decision.delete_pods or decision.delete_job):
+            metrics.record(namespace, name, meta.get("creationTimestamp"), previous, decision.status)
+            return Outcome(decision, target)
+        return Outcome(decision, target, self.writers.submit(FINISH, self._finish, body, patch, decision))
 
-    def _owned_pods(self, job) -> list[dict]:
-        """The job's pods: labelled for it *and* owned by this incarnation (not a deleted namesake's)."""
-        uid = job.metadata.uid
-        return [p for p in self.kube.list_job_pods(job.metadata.namespace, job.metadata.name)
-                if any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences", []))]
+    def _finish(self, body: dict, patch: dict, decision: Decision) -> None:
+        """Carry out the rest of a decision, in order: the status first, so that an operator killed from here
+        on finds what was decided; then Events; then stop pods (one by one: this runs on a writer thread)."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            if patch:
+                self.view.observe_job(self.kube.patch_job_status(namespace, name, patch))
+            for event in decision.events:
+                self.emit(body, event)
+            if decision.delete_pods:
+                log.info("stopping pods %s", ", ".join(decision.delete_pods), extra={"job": name})
+            for pod in decision.delete_pods:
+                self._stop_pod(namespace, pod)
+            if decision.delete_job:
+                log.info("deleting job: ttlSecondsAfterFinished passed", extra={"job": name})
+                self.kube.delete_job(namespace, name, meta["uid"])
+        except NamespaceTerminating:
+            log.info("namespace %s is being deleted: leaving job %s to the garbage collector", namespace, name)
+            self.view.mark_terminating(namespace)
+            return
+        except Exception:
+            metrics.RECONCILES.labels(result="error").inc()
+            raise
+        metrics.record(namespace, name, meta.get("creationTimestamp"), body.get("status") or {}, decision.status)
 
-    def _create_gang(self, job, body, pods: list[dict], restart: int) -> None:
+    def _status_to_write(self, namespace: str, name: str, previous: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[dict, Optional[float]]:
+        """The status patch to write now, and when to look again if a change of only the ready count waits."""
+        patch = status_patch(previous, status)
+        key = (namespace, name)
+        if patch and set(patch) <= COUNT_KEYS:
+            since = self._counts_pending.setdefault(key, time.monotonic())
+            remaining = since + COUNT_DELAY - time.monotonic()
+            if remaining > 0:
+                return {}, remaining
+        self._counts_pending.pop(key, None)
+        return patch, None
+
+    def _create_gang(self, job, pods: list[dict], restart: int) -> None:
         # Fresh keys each time are cheap; only the first Secret created is kept (create-if-absent).
         ssh_keys = self.generate_ssh_keys() if job.spec.launcher.mode == "ssh" else None
         existing = {name_of(p) for p in pods}
-        created = []
-        for child in render_children(job, self.ctx, ssh_keys=ssh_keys, restart=restart):
-            if child["kind"] == "Pod" and child["metadata"]["name"] in existing:
-                continue
-            if self.kube.create_if_absent(child):
-                created.append(f"{child['kind']} {child['metadata']['name']}")
-        if created:
-            log.info("created %s", ", ".join(created), extra={"job": job.metadata.name})
-            self.emit(body, Event("Normal", "Created", "created " + ", ".join(created)))
+        children = [c for c in render_children(job, self.ctx, ssh_keys=ssh_keys, restart=restart)
+                    if not (c["kind"] == "Pod" and c["metadata"]["name"] in existing)]
+
+        def create(child: dict) -> bool:
+            was_created, current = self.kube.create_if_absent(child)
+            if child["kind"] == "Pod":
+                self.view.observe_pod(current)  # the view need not wait for the watch to see it
+            return was_created
+
+        for kinds in ({"ConfigMap", "Service", "Secret"}, {"Pod"}):  # what the pods mount exists before them
+            batch = [c for c in children if c["kind"] in kinds]
+            created = [f"{c['kind']} {c['metadata']['name']}" for c, was_created in zip(batch, self._in_parallel(create, batch)) if was_created]
+            if created:
+                log.info("created %s", ", ".join(created), extra={"job": job.metadata.name})
+
+    def _stop_pod(self, namespace: str, name: str) -> None:
+        pod = self.kube.delete_pod(namespace, name)
+        if pod is not None:  # terminating (graceful), or already gone (deleted at once: nothing ran on a node)
+            self.view.observe_pod(pod, deleted=not pod["metadata"].get("deletionTimestamp"))
+
+    def _in_parallel(self, call: Callable[[Any], Any], items: list) -> list:
+        """call(item) for every item on the writer threads, first in line; the results in order. Every call
+        finishes before the first error is raised (what was created is known). Never from a writer thread."""
+        futures = [self.writers.submit(CREATE, call, item) for item in items]
+        errors = [f.exception() for f in futures]
+        for error in errors:
+            if isinstance(error, NamespaceTerminating):
+                raise error
+        for error in errors:
+            if error is not None:
+                raise error
+        return [f.result() for f in futures]
 
     def _reject(self, body: dict, previous: dict, exc: SpecError) -> Decision:
         """A spec the API server accepted but we cannot run (e.g. an older CRD is installed)."""
@@ -122,7 +193,7 @@ class Reconciler:
         decision = Decision(status=status, events=[Event("Warning", "InvalidSpec", message)])
         patch = status_patch(previous, {**previous, **status})
         if patch:
-            self.kube.patch_job_status(meta["namespace"], meta["name"], patch)
+            self.view.observe_job(self.kube.patch_job_status(meta["namespace"], meta["name"], patch))
             self.emit(body, decision.events[0])
         return decision
 

@@ -132,6 +132,12 @@ class ControlPlane:
                 pytest.fail(f"timed out after {timeout}s waiting for {what}; last error: {last_exc}")
             time.sleep(interval)
 
+    def restart(self, component: str) -> None:
+        """Stop one component (e.g. kube-apiserver) and start it again, as a crash and its supervisor would."""
+        proc = _run_script("restart", self._script_env, timeout=180, args=(component,))
+        if proc.returncode != 0:
+            pytest.fail(f"hack/controlplane.sh restart {component} failed (rc={proc.returncode}):\n{_tail(proc.stdout)}")
+
     def log_tail(self, component: str, lines: int = 40) -> str:
         path = Path(self.state_dir) / "logs" / f"{component}.log"
         try:
@@ -144,12 +150,12 @@ def _tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _run_script(cmd: str, env: dict[str, str], timeout: float | None) -> subprocess.CompletedProcess[str]:
+def _run_script(cmd: str, env: dict[str, str], timeout: float | None, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     # stream into a file (a cold build prints for a long time), read it back afterwards
     with tempfile.NamedTemporaryFile("w+", prefix=f"controlplane-{cmd}-", suffix=".log") as out:
         try:
             proc = subprocess.run(
-                ["bash", str(SCRIPT), cmd],
+                ["bash", str(SCRIPT), cmd, *args],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, cwd=REPO_ROOT, timeout=timeout, text=True,
             )

@@ -87,7 +87,7 @@ def test_job_runs_on_gpu_nodes(control_plane, operator, namespace):
     conditions = {c["type"]: c["status"] for c in job["status"]["conditions"]}
     assert conditions == {"Created": "True", "Running": "True"}
     events = cp.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=gang")["items"]
-    assert {"Created", "AllWorkersRunning"} <= {e["reason"] for e in events}
+    assert {"PodsCreated", "AllWorkersRunning"} <= {e["reason"] for e in events}
 
     # rank 0's training metrics reach the status and the printer columns: serve the trainer's own
     # metrics registry at worker 0's (fake, loopback-range) pod IP, where the operator scrapes it

@@ -3,45 +3,57 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import threading
+import time
 from datetime import datetime, timezone
 
 import pytest
 
 from llm_operator.job_loop import JobLoops
-from llm_operator.kube import ForeignChild
+from llm_operator.kube import ForeignChild, NamespaceTerminating
 from llm_operator.reconcile import Reconciler
 from llm_operator.render import RenderContext
+from llm_operator.view import ClusterView
+from llm_operator.writers import CREATE, FINISH, Writers
 
 SINCE = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 class FakeKube:
-    """Records what the reconciler does, in order; objects live in dicts like on a real API server."""
+    """Records what the reconciler does, in order; objects live in dicts like on a real API server, and every
+    change reaches the view as the watches would bring it."""
 
-    def __init__(self, body):
+    def __init__(self, body, view):
         self.body = body
+        self.view = view
         self.objects = {}
         self.calls = []
+        self.version = 100
+        self._stamp(body)
+        view.observe_job(body)
 
-    def get_job(self, namespace, name):
-        return self.body
+    def _stamp(self, obj):
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+        obj["metadata"].setdefault("uid", f"uid-{self.version}")
+        return obj
 
     def create_if_absent(self, obj):
         key = (obj["kind"], obj["metadata"]["name"])
         if key in self.objects:
             if self.objects[key]["metadata"]["ownerReferences"][0]["uid"] != obj["metadata"]["ownerReferences"][0]["uid"]:
                 raise ForeignChild(key)
-            return False
-        self.objects[key] = obj
+            return False, copy.deepcopy(self.objects[key])
+        self.objects[key] = self._stamp(copy.deepcopy(obj))
         self.calls.append(("create", key))
-        return True
-
-    def list_job_pods(self, namespace, job_name):
-        return [o for (kind, _), o in self.objects.items() if kind == "Pod"]
+        return True, copy.deepcopy(self.objects[key])
 
     def delete_pod(self, namespace, name):
         self.calls.append(("delete", name))
-        del self.objects[("Pod", name)]
+        pod = self.objects.pop(("Pod", name))
+        self.view.observe_pod(pod, deleted=True)  # the watch's DELETED event
+        return None
 
     def delete_job(self, namespace, name, uid):
         self.calls.append(("delete-job", name))
@@ -51,9 +63,15 @@ class FakeKube:
         status = dict(self.body.get("status") or {})
         status.update(patch)
         self.body["status"] = {k: v for k, v in status.items() if v is not None}
+        return copy.deepcopy(self._stamp(self.body))
 
     def set_pod(self, name, **status):
-        self.objects[("Pod", name)]["status"] = status
+        pod = self.objects[("Pod", name)]
+        pod["status"] = status
+        self.view.observe_pod(copy.deepcopy(self._stamp(pod)))  # the watch's MODIFIED event
+
+    def pods(self):
+        return [o for (kind, _), o in self.objects.items() if kind == "Pod"]
 
 
 def make_reconciler(body):
@@ -63,12 +81,16 @@ def make_reconciler(body):
         keys_made.append(1)
         return {"id_ed25519": f"key-{len(keys_made)}"}
 
-    reconciler = Reconciler(kube=FakeKube(body), ctx=RenderContext(), emit=lambda b, e: events.append(e), generate_ssh_keys=keys)
+    view = ClusterView()
+    reconciler = Reconciler(kube=FakeKube(body, view), view=view, ctx=RenderContext(), emit=lambda b, e: events.append(e), generate_ssh_keys=keys)
     return reconciler, events, keys_made
 
 
 def reconcile(reconciler, body, reported=None):
-    return reconciler.reconcile(body, SINCE, reported)
+    outcome = reconciler.reconcile(body, SINCE, reported)
+    if outcome.finishing is not None:
+        outcome.finishing.result(timeout=10)  # as the job loop waits for it
+    return outcome
 
 
 RUNNING = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}], "podIP": "10.0.0.1"}
@@ -103,7 +125,7 @@ def test_gang_restart_writes_status_before_stopping_pods_and_relabels_the_next_g
     assert any(e.reason == "Restarting" for e in events)
     manifest["status"]["restartTime"] = "2000-01-01T00:00:00Z"  # backoff over
     reconcile(reconciler, manifest)
-    pods = kube.list_job_pods("team-a", "demo")
+    pods = kube.pods()
     assert sorted(p["metadata"]["labels"]["llmtraining.dev/restart"] for p in pods) == ["1", "1"]
     assert manifest["status"]["phase"] == "Created" and "restartTime" not in manifest["status"]
 
@@ -153,10 +175,16 @@ def test_reconcile_reports_an_unrunnable_spec(manifest):
 
 
 # ------------------------------------------------------------------------------------------ job loop
+class EmptyCluster:
+    def list(self, kind, namespace=None):
+        return [], "1"
+
+
 class CountingReconciler:
     def __init__(self, fail_first=0):
         self.calls = 0
         self.fail_first = fail_first
+        self.kube, self.view = EmptyCluster(), ClusterView()
 
     def reconcile_by_name(self, namespace, name, observed_since, reported):
         self.calls += 1
@@ -199,3 +227,113 @@ def test_job_loop_task_per_job_stopped_on_delete():
 
     cancelled, tasks = asyncio.run(scenario())
     assert cancelled and tasks == {}
+
+
+# ------------------------------------------------------------------------------------ requests, writers
+def test_a_reconcile_that_changes_nothing_makes_no_request(manifest):
+    reconciler, events, _ = make_reconciler(manifest)
+    reconcile(reconciler, manifest)
+    for name in ("demo-worker-0", "demo-worker-1"):
+        reconciler.kube.set_pod(name, **RUNNING)
+    reconcile(reconciler, manifest)
+    calls, posted = len(reconciler.kube.calls), len(events)
+    outcome = reconciler.reconcile_by_name("team-a", "demo", SINCE)  # reads the view, not the API server
+    assert outcome.finishing is None and len(reconciler.kube.calls) == calls and len(events) == posted
+
+
+def test_one_gang_from_creation_to_running_is_n_plus_six_writes(manifest):
+    manifest["spec"].update(nodes=8, slotsPerNode=1)
+    manifest["spec"]["training"]["globalBatchSize"] = 16
+    reconciler, events, _ = make_reconciler(manifest)
+    kube = reconciler.kube
+    reconcile(reconciler, manifest)
+    for rank in range(8):  # pods come up one by one, each event a reconcile
+        kube.set_pod(f"demo-worker-{rank}", **RUNNING)
+        reconcile(reconciler, manifest)
+    assert manifest["status"]["phase"] == "Running"
+    writes = len(kube.calls) + len(events)
+    assert writes == 8 + 6, (kube.calls, events)  # 8 pods, ConfigMap, Service, 2 status writes, 2 Events
+
+
+def test_a_change_of_only_the_ready_count_waits_a_moment(manifest, monkeypatch):
+    monkeypatch.setattr("llm_operator.reconcile.COUNT_DELAY", 0.2)
+    manifest["spec"].update(nodes=3, slotsPerNode=1)
+    manifest["spec"]["training"]["globalBatchSize"] = 6
+    reconciler, _, _ = make_reconciler(manifest)
+    kube = reconciler.kube
+    reconcile(reconciler, manifest)
+    kube.calls.clear()
+    kube.set_pod("demo-worker-0", **RUNNING)
+    outcome = reconcile(reconciler, manifest)
+    assert kube.calls == [] and 0 < outcome.decision.wake_after <= 0.2
+    time.sleep(0.25)
+    reconcile(reconciler, manifest)
+    assert kube.calls == [("status", {"readyNodes": 1, "nodesReady": "1/3"})]
+
+
+def test_a_job_in_a_terminating_namespace_is_left_alone(manifest):
+    reconciler, events, _ = make_reconciler(manifest)
+    reconciler.view.observe_namespace({"metadata": {"name": "team-a", "deletionTimestamp": "2026-01-01T00:00:00Z"}})
+    assert reconciler.reconcile_by_name("team-a", "demo", SINCE) is None
+    assert reconciler.kube.calls == [] and events == []
+
+
+def test_a_create_refused_by_a_terminating_namespace_ends_the_reconcile_quietly(manifest):
+    reconciler, events, _ = make_reconciler(manifest)
+
+    def refuse(obj):
+        raise NamespaceTerminating(obj["metadata"]["namespace"])
+
+    reconciler.kube.create_if_absent = refuse
+    assert reconciler.reconcile_by_name("team-a", "demo", SINCE) is None
+    assert reconciler.view.is_terminating("team-a") and reconciler.kube.calls == [] and events == []
+
+
+def test_writers_serve_gang_creation_before_status_and_events():
+    writers, order, gate = Writers(1), [], threading.Event()
+    writers.submit(CREATE, gate.wait)  # the only writer is busy
+    later = [writers.submit(FINISH, order.append, "status"), writers.submit(CREATE, order.append, "pod-a"),
+             writers.submit(CREATE, order.append, "pod-b")]
+    gate.set()
+    for future in later:
+        future.result(timeout=5)
+    assert order == ["pod-a", "pod-b", "status"]
+
+
+def test_only_event_handlers_are_registered():
+    """main.EventHandlersOnlyDiffBase skips Kopf's diff base: right only while no handler detects changes."""
+    import kopf
+
+    import llm_operator.handlers  # noqa: F401  (registers the handlers)
+
+    registry = kopf.get_default_registry()
+    assert registry._changing.get_all_handlers() == [] and registry._spawning.get_all_handlers() == []
+    assert {h.id for h in registry._watching.get_all_handlers()} == {"job_event", "pod_event", "namespace_event"}
+
+
+def test_job_loop_wakes_only_for_what_decisions_read(manifest):
+    """Watch events go through the view: a pod event that changes nothing a decision reads costs no reconcile."""
+    from test_view import ListingKube, api_pod, job_body
+
+    async def scenario():
+        reconciler = CountingReconciler()
+        reconciler.kube = ListingKube()
+        reconciler.kube.jobs, reconciler.kube.pods = [job_body()], [api_pod(0, version="5")]
+        loops = JobLoops(reconciler, progress_interval=0)
+        loops.on_job(None, job_body())
+        loops.on_pod("ADDED", api_pod(0, version="5"))
+        await asyncio.sleep(0.05)
+        first = reconciler.calls
+        touched = api_pod(0, version="6")
+        touched["metadata"]["labels"]["team"] = "search"
+        loops.on_pod("MODIFIED", touched)
+        await asyncio.sleep(0.05)
+        unchanged = reconciler.calls
+        loops.on_pod("MODIFIED", api_pod(0, version="7", phase="Failed", exit_code=1))
+        await asyncio.sleep(0.05)
+        changed = reconciler.calls
+        await loops.stop_all()
+        return first, unchanged, changed
+
+    first, unchanged, changed = asyncio.run(scenario())
+    assert first == 1 and unchanged == 1 and changed == 2

@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""The operator at scale, against the plain pod-create ceiling of the same API server, in one run.
+
+  python benchmarks/bench_operator.py --jobs 200 --workers 8
+  python benchmarks/bench_operator.py --jobs 1000 --workers 2
+
+It starts its own control plane (hack/controlplane.sh with its own LLMTO_CP_DIR, kwok nodes sized for the pods,
+the API server's audit log on), installs the CRD and the operator's ServiceAccount bound to the chart's RBAC
+rules, then:
+
+1. raw: N jobs are created with no operator running, their N×M worker pods rendered exactly as the operator
+   renders them, and created by a plain loop as that ServiceAccount, with the operator's write concurrency
+   (reconcile.WRITE_CONCURRENCY threads) and the operator's client code (Kube.create); the time until a watch
+   has seen every pod. The namespace is then deleted (and waited for).
+2. operator: `llm-operator run` under that ServiceAccount; the N jobs are applied at once (same concurrency);
+   the time until a watch has seen every pod, and when each job and pod first showed Running.
+3. no-op events: every pod is labelled (a change no decision reads); the operator's requests meanwhile.
+
+Printed: a table, then one JSON line. operator_over_raw is operator time ÷ raw time (time until all pods
+exist); running_lag_s is the p99 over jobs of (job Running − its last pod Running); requests_per_job counts
+the operator's requests from its start until every job was Running (the audit log, the operator's
+ServiceAccount only; watches and listings amortised over the jobs); rss_mib is the operator's peak RSS (the
+whole run, no-op events included) and
+cpu_s its CPU seconds from the jobs' creation until then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+from kubernetes import config as kube_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apiwatch import Timeline, Watch, count_requests, split_reads_writes, wait_until  # noqa: E402
+
+from llm_operator.api import parse_job  # noqa: E402
+from llm_operator.kube import Kube, path_of  # noqa: E402
+from llm_operator.reconcile import WRITE_CONCURRENCY  # noqa: E402
+from llm_operator.render import RenderContext, render_children  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "hack" / "controlplane.sh"
+RULES = REPO / "charts" / "llm-training-operator" / "files" / "rbac-rules.yaml"
+OPERATOR_NS, OPERATOR_SA = "llm-operator-bench", "llm-training-operator"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
+RAW_NS, JOBS_NS = "bench-raw", "bench-jobs"
+
+
+def job_manifest(name: str, workers: int) -> dict:
+    return {"apiVersion": "llmtraining.dev/v1alpha1", "kind": "LLMTrainingJob", "metadata": {"name": name, "namespace": JOBS_NS},
+            "spec": {"image": "ghcr.io/llmtraining/trainer:0.1.0", "nodes": workers, "slotsPerNode": 1,
+                     "model": {"preset": "tiny"}, "training": {"steps": 10, "microBatchSize": 1}}}
+
+
+class Cluster:
+    def __init__(self, state_dir: Path, nodes: int, pods: int):
+        per_node = math.ceil(pods / nodes)
+        self.env = {**os.environ, "LLMTO_CP_DIR": str(state_dir), "LLMTO_CP_NODES": str(nodes), "LLMTO_CP_AUDIT": "1",
+                    "LLMTO_CP_NODE_GPUS": str(per_node + 1), "LLMTO_CP_NODE_PODS": str(max(110, per_node + 10))}
+        self.env.pop("KUBECONFIG", None)
+        self.state_dir = state_dir
+        self.kubeconfig = state_dir / "kubeconfig"
+        self.audit_log = state_dir / "logs" / "audit.log"
+
+    def script(self, command: str) -> None:
+        subprocess.run(["bash", str(SCRIPT), command], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        bin_dir = subprocess.run(["bash", str(SCRIPT), "bin-dir"], env=self.env, capture_output=True, text=True, check=True).stdout.split()[-1]
+        return subprocess.run([f"{bin_dir}/kubectl", f"--kubeconfig={self.kubeconfig}", *args], input=input, capture_output=True,
+                              text=True, check=True, timeout=600).stdout
+
+    def install(self) -> Path:
+        """CRD, namespaces, the operator's ServiceAccount bound to the chart's rules; its kubeconfig."""
+        self.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        self.kubectl("wait", "--for=condition=Established", "crd/llmtrainingjobs.llmtraining.dev", "--timeout=60s")
+        rules = yaml.safe_load(RULES.read_text())
+        objects = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in (OPERATOR_NS, RAW_NS, JOBS_NS)]
+        objects += [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NS}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "llm-training-operator-bench"},
+             "rules": rules["namespaced"] + rules["cluster"]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "llm-training-operator-bench"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "llm-training-operator-bench"},
+             "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]},
+        ]
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+        for ns in (RAW_NS, JOBS_NS):
+            wait_until(lambda ns=ns: self._has_default_sa(ns), 60, f"default ServiceAccount in {ns}", interval=0.5)
+        admin = yaml.safe_load(self.kubeconfig.read_text())
+        token = self.kubectl("-n", OPERATOR_NS, "create", "token", OPERATOR_SA, "--duration=4h").strip()
+        config = {"apiVersion": "v1", "kind": "Config", "current-context": "operator",
+                  "clusters": [{"name": "bench", "cluster": admin["clusters"][0]["cluster"]}],
+                  "users": [{"name": OPERATOR_SA, "user": {"token": token}}],
+                  "contexts": [{"name": "operator", "context": {"cluster": "bench", "user": OPERATOR_SA}}]}
+        path = self.state_dir / "operator.kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def _has_default_sa(self, namespace: str) -> bool:
+        try:
+            self.kubectl("-n", namespace, "get", "serviceaccount", "default")
+            return True
+        except subprocess.CalledProcessError:
+            return False
+
+
+def client_for(kubeconfig: Path):
+    """An ApiClient with enough pooled connections for the concurrency."""
+    from kubernetes import client
+
+    configuration = client.Configuration()
+    kube_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    configuration.connection_pool_maxsize = 4 * WRITE_CONCURRENCY
+    return client.ApiClient(configuration)
+
+
+def in_parallel(call, items, workers: int) -> list:
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(call, items))
+
+
+def watch_namespace(api_client, namespace: str, timeline: Timeline) -> list[Watch]:
+    watches = [Watch(api_client, path_of("Pod", namespace), timeline.on_pod), Watch(api_client, path_of("LLMTrainingJob", namespace), timeline.on_job)]
+    for watch in watches:
+        watch.start()
+        watch.started_ok.wait(30)
+    return watches
+
+
+def raw_phase(admin: Kube, operator_identity: Kube, args) -> float:
+    """Create the rendered pods of N jobs with a plain loop; seconds until a watch saw them all."""
+    jobs = in_parallel(lambda i: admin.create({**job_manifest(f"job-{i}", args.workers), "metadata": {"name": f"job-{i}", "namespace": RAW_NS}}),
+                       range(args.jobs), args.concurrency)
+    pods = [child for body in jobs for child in render_children(parse_job(body), RenderContext()) if child["kind"] == "Pod"]
+    timeline = Timeline()
+    watches = watch_namespace(admin.api_client, RAW_NS, timeline)
+    started = time.monotonic()
+    in_parallel(operator_identity.create, pods, args.concurrency)
+    done = wait_until(lambda: len(timeline.pods_seen) >= len(pods), 600, "the raw pods")
+    for watch in watches:
+        watch.stopped.set()
+    return done - started
+
+
+def proc_stats(pid: int) -> dict:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return {"rss_mib": int(status["VmRSS"].split()[0]) / 1024, "peak_rss_mib": int(status["VmHWM"].split()[0]) / 1024,
+            "cpu_s": (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")}
+
+
+def start_operator(kubeconfig: Path, log_path: Path) -> subprocess.Popen:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(port),
+                             "--metrics-port", "0", "--log-format", "plain"],
+                            env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=REPO)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"operator exited with {proc.returncode}; log: {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    wait_until(healthy, 60, "the operator's liveness endpoint", interval=0.2)
+    return proc
+
+
+def operator_phase(cluster: Cluster, admin: Kube, kubeconfig: Path, args) -> dict:
+    timeline = Timeline()
+    watches = watch_namespace(admin.api_client, JOBS_NS, timeline)
+    wall_start = time.time()
+    operator = start_operator(kubeconfig, args.log)
+    idle = proc_stats(operator.pid)
+    try:
+        pods = args.jobs * args.workers
+        started, wall_jobs = time.monotonic(), time.time()
+        in_parallel(lambda i: admin.create(job_manifest(f"job-{i}", args.workers)), range(args.jobs), args.concurrency)
+        all_pods = wait_until(lambda: len(timeline.pods_seen) >= pods, 900, "the operator's pods")
+        wall_all_pods = time.time()
+        all_running = wait_until(lambda: len(timeline.job_running) >= args.jobs, 900, "every job Running", interval=0.2)
+        wall_running = time.time()
+        at_running = proc_stats(operator.pid)
+
+        time.sleep(args.settle)  # nothing happens: nothing should be asked
+        wall_quiet = time.time()
+        time.sleep(args.settle)
+        wall_noop = time.time()
+        patch = {"metadata": {"labels": {"bench.llmtraining.dev/touched": "yes"}}}
+        names = sorted(timeline.pods_seen)
+        in_parallel(lambda name: admin.request("PATCH", path_of("Pod", JOBS_NS, name), patch, content_type="application/merge-patch+json"),
+                    names, args.concurrency)
+        time.sleep(args.settle)
+        wall_end = time.time()
+        final = proc_stats(operator.pid)
+    finally:
+        operator.send_signal(signal.SIGTERM)
+        try:
+            operator.wait(30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+        for watch in watches:
+            watch.stopped.set()
+    time.sleep(1.5)  # the audit log is written as requests complete
+
+    lags = sorted(timeline.running_lags())
+    to_running = count_requests(cluster.audit_log, OPERATOR_USER, wall_start, wall_running + 1.0, frozenset({RAW_NS}))
+    return {
+        "operator_s": all_pods - started, "all_running_s": all_running - started, "wall_jobs": wall_jobs, "lags": lags,
+        "idle": idle, "at_running": at_running, "final": final, "requests": to_running,
+        "until_all_pods": count_requests(cluster.audit_log, OPERATOR_USER, wall_jobs, wall_all_pods),
+        "quiet_requests": count_requests(cluster.audit_log, OPERATOR_USER, wall_quiet, wall_noop),
+        "noop_requests": count_requests(cluster.audit_log, OPERATOR_USER, wall_noop, wall_end), "noop_events": len(names),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+
+
+def report(args, raw_s: float, op: dict) -> dict:
+    reads, writes = split_reads_writes(op["requests"])
+    per_job = {key: round(n / args.jobs, 3) for key, n in sorted(op["requests"].items())}
+    result = {
+        "jobs": args.jobs, "workers": args.workers, "nodes": args.nodes, "concurrency": args.concurrency,
+        "raw_s": round(raw_s, 2), "operator_s": round(op["operator_s"], 2), "operator_over_raw": round(op["operator_s"] / raw_s, 3),
+        "all_running_s": round(op["all_running_s"], 2),
+        "running_lag_s": round(percentile(op["lags"], 0.99), 3), "running_lag_p50_s": round(percentile(op["lags"], 0.5), 3),
+        "running_lag_max_s": round(max(op["lags"], default=float("nan")), 3),
+        "requests_per_job": {"total": round((reads + writes) / args.jobs, 3), "reads": round(reads / args.jobs, 3),
+                             "writes": round(writes / args.jobs, 3), "by_verb_resource": per_job},
+        "requests_while_quiet": sum(op["quiet_requests"].values()),
+        "requests_for_noop_events": sum(op["noop_requests"].values()), "noop_events": op["noop_events"],
+        "rss_mib": round(op["final"]["peak_rss_mib"], 1), "rss_idle_mib": round(op["idle"]["rss_mib"], 1),
+        "rss_at_running_mib": round(op["at_running"]["rss_mib"], 1),
+        "cpu_s": round(op["at_running"]["cpu_s"] - op["idle"]["cpu_s"], 2),
+        "cpu_s_per_job": round((op["at_running"]["cpu_s"] - op["idle"]["cpu_s"]) / args.jobs, 4),
+    }
+    rows = [
+        ("pods (jobs × workers)", f"{args.jobs * args.workers} ({args.jobs} × {args.workers})"),
+        ("write concurrency", str(args.concurrency)),
+        ("raw loop: all pods exist", f"{result['raw_s']:.2f} s"),
+        ("operator: all pods exist", f"{result['operator_s']:.2f} s  (× {result['operator_over_raw']:.2f} of raw)"),
+        ("operator: every job Running", f"{result['all_running_s']:.2f} s"),
+        ("operator writes until all pods exist", ", ".join(f"{n} {key}" for key, n in sorted(op["until_all_pods"].items()) if key.split()[0] != "watch")),
+        ("job Running − last pod Running", f"p50 {result['running_lag_p50_s']:.2f} s, p99 {result['running_lag_s']:.2f} s, max {result['running_lag_max_s']:.2f} s"),
+        ("requests per job to Running", "{total:.2f} (reads {reads:.2f}, writes {writes:.2f})".format(**result["requests_per_job"])),
+        *((f"  {key}", f"{n:.3f}") for key, n in per_job.items()),
+        ("requests while quiet", f"{result['requests_while_quiet']} in {args.settle:.0f} s"),
+        ("requests for no-op pod events", f"{result['requests_for_noop_events']} for {result['noop_events']} events"),
+        ("operator RSS", f"idle {result['rss_idle_mib']:.0f} MiB, all Running {result['rss_at_running_mib']:.0f} MiB, peak {result['rss_mib']:.0f} MiB"),
+        ("operator CPU to Running", f"{result['cpu_s']:.1f} s ({result['cpu_s_per_job'] * 1000:.1f} ms per job)"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=8, help="worker pods per job")
+    parser.add_argument("--nodes", type=int, default=24, help="kwok nodes (each sized for its share of the pods)")
+    parser.add_argument("--concurrency", type=int, default=WRITE_CONCURRENCY, help="writes in flight, raw loop and job submission")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds of each quiet window after every job is Running")
+    parser.add_argument("--cp-dir", type=Path, default=Path(os.environ.get("LLMTO_BENCH_CP_DIR", "/tmp/llmto-cp-bench")))
+    parser.add_argument("--log", type=Path, default=Path("/tmp/llmto-bench-operator.log"), help="the operator's log")
+    parser.add_argument("--keep", action="store_true", help="leave the control plane running")
+    args = parser.parse_args(argv)
+
+    cluster = Cluster(args.cp_dir, args.nodes, args.jobs * args.workers)
+    cluster.script("down")  # a clean state: nothing left from an earlier run
+    cluster.script("up")
+    try:
+        operator_kubeconfig = cluster.install()
+        admin, operator_identity = Kube(client_for(cluster.kubeconfig)), Kube(client_for(operator_kubeconfig))
+        raw_s = raw_phase(admin, operator_identity, args)
+        cluster.kubectl("delete", "namespace", RAW_NS, "--wait=true", "--timeout=600s")
+        result = report(args, raw_s, operator_phase(cluster, admin, operator_kubeconfig, args))
+        print(json.dumps(result))
+    finally:
+        if not args.keep:
+            cluster.script("down")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

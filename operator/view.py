@@ -1,0 +1,218 @@
+"""What the operator knows of the cluster between requests, fed by the watch streams: each job's body, the few
+facts of each worker pod that the decisions read, and the namespaces being deleted.
+
+A reconcile reads this view instead of GETting the job and LISTing its pods, so a reconcile that would change
+nothing makes no request. The operator's own writes are merged in from their responses (a created pod, the
+status just patched), so the view never lags behind what the operator itself did; a watch event older than
+what the view holds is ignored (resource versions are comparable: KEP-5504). An object seen deleted leaves
+a tombstone, so a late event or response never brings it back. A watch that is relisted (after the API
+server restarted, or its history expired) does not say what was deleted meanwhile: replace_pods and
+replace_jobs take a fresh listing for that.
+
+Thread-safe: watch events arrive on the event loop, reconciles read and merge from worker threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Iterable, Mapping, Optional
+
+from .render.names import JOB_NAME_LABEL, NODE_RANK_LABEL, RESTART_LABEL
+
+JobKey = tuple[str, str]  # (namespace, job name)
+TOMBSTONE_SECONDS = 300.0
+_POD_LABELS = (NODE_RANK_LABEL, RESTART_LABEL)
+_DETAILED_CONDITIONS = ("Ready", "DisruptionTarget")  # the others only matter as (type, status) to podFailurePolicy
+_TERMINATED_FIELDS = ("exitCode", "reason", "message", "finishedAt")
+
+
+def is_newer(version: Optional[str], than: Optional[str]) -> bool:
+    """Resource versions compare as integers (KEP-5504); anything else counts as newer (the latest arrival wins)."""
+    if version and than and version.isdigit() and than.isdigit():
+        return (len(version), version) > (len(than), than)
+    return True
+
+
+def slim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod as the API shows it, reduced to what lifecycle.py, failures.py and progress.py read."""
+    meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+    labels = meta.get("labels") or {}
+    slim_meta: dict[str, Any] = {"name": meta["name"], "uid": meta.get("uid"),
+                                 "labels": {k: labels[k] for k in _POD_LABELS if k in labels},
+                                 "ownerReferences": [{"uid": ref.get("uid")} for ref in meta.get("ownerReferences") or []]}
+    if meta.get("deletionTimestamp"):
+        slim_meta["deletionTimestamp"] = meta["deletionTimestamp"]
+    slim_status = {k: status[k] for k in ("phase", "reason", "message", "podIP") if status.get(k)}
+    conditions = [_slim_condition(c) for c in status.get("conditions") or []]
+    if conditions:
+        slim_status["conditions"] = conditions
+    terminated = [{"name": c.get("name"), "state": {"terminated": {k: t[k] for k in _TERMINATED_FIELDS if k in t}}}
+                  for c in status.get("containerStatuses") or [] if (t := (c.get("state") or {}).get("terminated"))]
+    if terminated:
+        slim_status["containerStatuses"] = terminated
+    return {"metadata": slim_meta, "spec": {"nodeName": spec.get("nodeName")}, "status": slim_status}
+
+
+def _slim_condition(condition: Mapping[str, Any]) -> dict[str, Any]:
+    if condition.get("type") in _DETAILED_CONDITIONS:
+        return {k: condition[k] for k in ("type", "status", "reason", "message", "lastTransitionTime") if condition.get(k)}
+    return {"type": condition.get("type"), "status": condition.get("status")}
+
+
+def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The job without what no decision reads (managedFields, annotations such as kubectl's last-applied copy)."""
+    meta = body["metadata"]
+    keep = ("name", "namespace", "uid", "generation", "creationTimestamp", "deletionTimestamp")
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": {k: meta[k] for k in keep if k in meta},
+            "spec": body.get("spec") or {}, "status": body.get("status") or {}}
+
+
+class ClusterView:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[JobKey, tuple[str, dict]] = {}  # → (resourceVersion, slim body)
+        self._pods: dict[JobKey, dict[str, tuple[str, dict]]] = {}  # → pod name → (resourceVersion, slim pod)
+        self._tombstones: dict[str, float] = {}  # uid of a deleted pod or job → when (monotonic)
+        self._terminating: set[str] = set()  # namespaces being deleted
+
+    # -------------------------------------------------------------------------------------------- jobs
+    def job(self, namespace: str, name: str) -> Optional[dict]:
+        with self._lock:
+            entry = self._jobs.get((namespace, name))
+        return entry[1] if entry else None
+
+    def job_keys(self) -> list[JobKey]:
+        with self._lock:
+            return list(self._jobs)
+
+    def observe_job(self, body: Mapping[str, Any]) -> bool:
+        """A job from the watch or from a response; True if what a decision reads changed."""
+        meta = body["metadata"]
+        key, version = (meta["namespace"], meta["name"]), meta.get("resourceVersion") or ""
+        with self._lock:
+            old = self._jobs.get(key)
+            if meta.get("uid") in self._tombstones or (old is not None and not is_newer(version, old[0])):
+                return False  # a deleted job's late event, or older than what the view holds
+            slim = slim_job(body)
+            self._jobs[key] = (version, slim)
+        return old is None or old[1] != slim
+
+    def forget_job(self, body: Mapping[str, Any]) -> bool:
+        """The job was deleted; False if the view holds a namesake created since (that one stays)."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock:
+            self._bury(meta.get("uid"))
+            old = self._jobs.get(key)
+            if old is not None and old[1]["metadata"].get("uid") != meta.get("uid"):
+                return False
+            self._jobs.pop(key, None)
+            return True
+
+    # -------------------------------------------------------------------------------------------- pods
+    def pods(self, namespace: str, job_name: str, owner_uid: Optional[str]) -> list[dict]:
+        """The job's pods: labelled for it *and* owned by this incarnation (not a deleted namesake's)."""
+        with self._lock:
+            entries = list(self._pods.get((namespace, job_name), {}).values())
+        return [pod for _, pod in entries if any(ref["uid"] == owner_uid for ref in pod["metadata"]["ownerReferences"])]
+
+    def observe_pod(self, pod: Mapping[str, Any], deleted: bool = False) -> Optional[JobKey]:
+        """A pod from the watch or from a response; the key of its job if what a decision reads changed."""
+        meta = pod["metadata"]
+        job = (meta.get("labels") or {}).get(JOB_NAME_LABEL)
+        if job is None:
+            return None
+        key, name, uid, version = (meta["namespace"], job), meta["name"], meta.get("uid"), meta.get("resourceVersion") or ""
+        with self._lock:
+            pods = self._pods.get(key, {})
+            old = pods.get(name)
+            same_pod = old is not None and old[1]["metadata"]["uid"] == uid
+            if deleted:
+                self._bury(uid)
+                if not same_pod:
+                    return None
+                del pods[name]
+                if not pods:
+                    self._pods.pop(key, None)
+                return key
+            if uid in self._tombstones or (old is not None and not is_newer(version, old[0])):
+                return None
+            slim = slim_pod(pod)
+            self._pods.setdefault(key, pods)[name] = (version, slim)
+            return None if same_pod and old is not None and old[1] == slim else key
+
+    def replace_pods(self, pods: Iterable[Mapping[str, Any]], version: str, namespaces: Optional[set[str]] = None) -> set[JobKey]:
+        """A fresh listing of the pods in `namespaces` (None: all) as of resource version `version`: what a
+        relisted watch does not say is which pods went meanwhile. Returns the jobs whose pods changed."""
+        pods = list(pods)
+        changed = {key for key in (self.observe_pod(p) for p in pods) if key}
+        listed = {p["metadata"].get("uid") for p in pods}
+        with self._lock:
+            for key, entries in list(self._pods.items()):
+                if namespaces is not None and key[0] not in namespaces:
+                    continue
+                for name, (rv, pod) in list(entries.items()):
+                    if pod["metadata"]["uid"] not in listed and not is_newer(rv, version):
+                        self._bury(pod["metadata"]["uid"])
+                        del entries[name]
+                        changed.add(key)
+                if not entries:
+                    del self._pods[key]
+        return changed
+
+    def replace_jobs(self, jobs: Iterable[Mapping[str, Any]], version: str, namespaces: Optional[set[str]] = None) -> set[JobKey]:
+        """A fresh listing of the jobs, as replace_pods; returns the jobs that are gone."""
+        jobs = list(jobs)
+        for job in jobs:
+            self.observe_job(job)
+        listed = {j["metadata"].get("uid") for j in jobs}
+        gone: set[JobKey] = set()
+        with self._lock:
+            for key, (rv, job) in list(self._jobs.items()):
+                uid = job["metadata"].get("uid")
+                if (namespaces is None or key[0] in namespaces) and uid not in listed and not is_newer(rv, version):
+                    self._bury(uid)
+                    del self._jobs[key]
+                    gone.add(key)
+        return gone
+
+    def _bury(self, uid: Optional[str]) -> None:
+        now = time.monotonic()
+        while self._tombstones:  # oldest first (insertion order)
+            oldest, since = next(iter(self._tombstones.items()))
+            if now - since < TOMBSTONE_SECONDS:
+                break
+            del self._tombstones[oldest]
+        if uid:
+            self._tombstones[uid] = now
+
+    # ------------------------------------------------------------------------------------- namespaces
+    def observe_namespace(self, namespace: Mapping[str, Any], deleted: bool = False) -> bool:
+        """True when the namespace has just started terminating."""
+        meta = namespace["metadata"]
+        with self._lock:
+            if deleted or not meta.get("deletionTimestamp"):
+                self._terminating.discard(meta["name"])
+                return False
+            if meta["name"] in self._terminating:
+                return False
+            self._terminating.add(meta["name"])
+            return True
+
+    def mark_terminating(self, namespace: str) -> None:
+        with self._lock:
+            self._terminating.add(namespace)
+
+    def is_terminating(self, namespace: str) -> bool:
+        with self._lock:
+            return namespace in self._terminating
+
+    def jobs_in(self, namespace: str) -> list[JobKey]:
+        with self._lock:
+            return [key for key in self._jobs if key[0] == namespace]
+
+    def size(self) -> tuple[int, int]:
+        """(jobs, pods) held."""
+        with self._lock:
+            return len(self._jobs), sum(len(p) for p in self._pods.values())
