@@ -76,7 +76,7 @@ class ViewSync:
         """In a thread: list the jobs first, so a job created after that listing is not taken for gone."""
         changed: set[JobKey] = set()
         gone: set[JobKey] = set()
-        scopes: list[Optional[str]] = list(self.namespaces) or [None]
+        scopes: list[Optional[str]] = list(self.namespaces or []) or [None]
         for namespace in scopes:
             scope = {namespace} if namespace else None
             jobs, jobs_version = self.kube.list("LLMTrainingJob", namespace)
