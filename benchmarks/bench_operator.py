@@ -288,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the control plane running")
     args = parser.parse_args(argv)
 
+    def terminated(*_):
+        print("terminated (SIGTERM): stopping the operator and the control plane", file=sys.stderr)
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, terminated)
     cluster = Cluster(args.cp_dir, args.nodes, args.jobs * args.workers)
     cluster.script("down")  # a clean state: nothing left from an earlier run
     cluster.script("up")
