@@ -26,6 +26,14 @@ class Watch(threading.Thread):
         self.api_client, self.path, self.on_event = api_client, path, on_event
         self.stopped = threading.Event()
         self.started_ok = threading.Event()
+        self._response = None
+
+    def stop(self) -> None:
+        """Stop, and close the stream now (an API server shutting down waits for open watches)."""
+        self.stopped.set()
+        response = self._response
+        if response is not None:
+            response.shutdown()
 
     def run(self) -> None:
         version = ""
@@ -34,7 +42,7 @@ class Watch(threading.Thread):
             _, url, headers, _, _ = self.api_client.param_serialize("GET", self.path, query_params=query,
                                                                      header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
             try:
-                response = self.api_client.rest_client.pool_manager.request(
+                response = self._response = self.api_client.rest_client.pool_manager.request(
                     "GET", url, headers=headers, preload_content=False, timeout=urllib3.Timeout(connect=10, read=60))
                 self.started_ok.set()
                 pending = b""
@@ -53,7 +61,9 @@ class Watch(threading.Thread):
                     if self.stopped.is_set():
                         break
                 response.release_conn()
-            except (urllib3.exceptions.HTTPError, OSError):
+            except (urllib3.exceptions.HTTPError, OSError, ValueError):
+                if self.stopped.is_set():
+                    return
                 time.sleep(0.5)
 
 

@@ -56,16 +56,14 @@ class JobLoops:
             if self.view.forget_job(body):  # not if a namesake has taken its place meanwhile
                 self.stop(namespace, name)
             return
-        if type_ is None:
-            self.sync.relisted()
+        self.sync.watched("jobs", type_)
         changed = self.view.observe_job(body)
         self.ensure_running(namespace, name)
         if changed:
             self.poke(namespace, name)
 
     def on_pod(self, type_: Optional[str], pod: dict[str, Any]) -> None:
-        if type_ is None:
-            self.sync.relisted()
+        self.sync.watched("pods", type_)
         job = self.view.observe_pod(pod, deleted=type_ == "DELETED")
         if job is not None:
             self.poke(*job)

@@ -50,6 +50,9 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     # only our pods, filtered by the API server: the others would cost memory and CPU for nothing
     settings.watching.label_selectors["v1", "pods"] = JOB_NAME_LABEL
     settings.networking.request_timeout = 60
+    # Kopf keeps a worker per object for a while after its last event, and the worker holds that event's whole
+    # body: after a burst of pod events, thousands of them. Let them go soon (a new one costs a task).
+    settings.queueing.idle_timeout = 0.5
     settings.execution.max_workers = 8
 
 

@@ -16,7 +16,8 @@ from .view import ClusterView, JobKey
 
 log = logging.getLogger(__name__)
 
-RELIST_SETTLE_SECONDS = 2.0  # a relisted watch delivers its listing as a burst of events: one sweep after it
+RELIST_SETTLE_SECONDS = 2.0  # a relisted watch delivers its listing as a burst: sweep once it has been quiet this long
+RELIST_SETTLE_MAX_SECONDS = 30.0
 RETRY_SECONDS = (1.0, 30.0)
 
 
@@ -28,7 +29,8 @@ class ViewSync:
         self.kube, self.view, self.namespaces, self.on_sweep = kube, view, namespaces, on_sweep
         self._synced: Optional[asyncio.Event] = None
         self._sweeping: Optional[asyncio.Task] = None
-        self._again = False
+        self._streaming: set[str] = set()  # the watches past their first listing
+        self._last_relisted = 0.0
 
     @property
     def synced(self) -> bool:
@@ -38,39 +40,40 @@ class ViewSync:
         """Return once the view has been filled by a listing (the first caller starts it)."""
         if self._synced is None:
             self._synced = asyncio.Event()
-            self._start(settle=0.0)
+            self._sweeping = asyncio.get_running_loop().create_task(self._sweep_until_done(), name="view sweep")
         await self._synced.wait()
 
-    def relisted(self) -> None:
-        """A watch is relisting (an event of type None after the start): sweep once it has settled."""
-        if not self.synced:
-            return  # the first listing is still to come, or under way
-        if self._sweeping is not None and not self._sweeping.done():
-            self._again = True
+    def watched(self, kind: str, type_: Optional[str]) -> None:
+        """A watch event of this kind; type None is a listed object. Listed objects after the watch had streamed
+        events are a relisting (Kopf's first listing, at start-up, is not): sweep once the burst has settled."""
+        if type_ is not None:
+            self._streaming.add(kind)
             return
-        self._start(settle=RELIST_SETTLE_SECONDS)
+        if kind not in self._streaming or not self.synced:
+            return
+        self._last_relisted = asyncio.get_running_loop().time()
+        if self._sweeping is None or self._sweeping.done():
+            self._sweeping = asyncio.get_running_loop().create_task(self._sweep_until_done(settle=True), name="view sweep")
 
-    def _start(self, settle: float) -> None:
-        self._sweeping = asyncio.get_running_loop().create_task(self._sweep_until_done(settle), name="view sweep")
-
-    async def _sweep_until_done(self, settle: float) -> None:
+    async def _sweep_until_done(self, settle: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        if settle:
+            started = loop.time()
+            while (quiet := self._last_relisted + RELIST_SETTLE_SECONDS - loop.time()) > 0 and loop.time() - started < RELIST_SETTLE_MAX_SECONDS:
+                await asyncio.sleep(quiet)
         failures = 0
         while True:
-            await asyncio.sleep(settle)
-            self._again = False
             try:
                 changed, gone = await asyncio.to_thread(self._sweep)
-            except Exception as exc:  # the API server is still away: the watches will relist again too
+                break
+            except Exception as exc:  # the API server is still away (the watches will relist again too)
                 failures += 1
-                settle = min(RETRY_SECONDS[0] * 2 ** (failures - 1), RETRY_SECONDS[1])
-                log.warning("listing jobs and pods failed (retry in %.0f s): %s", settle, exc)
-                continue
-            assert self._synced is not None
-            self._synced.set()
-            self.on_sweep(changed, gone)
-            if not self._again:
-                return
-            settle, failures = RELIST_SETTLE_SECONDS, 0
+                delay = min(RETRY_SECONDS[0] * 2 ** (failures - 1), RETRY_SECONDS[1])
+                log.warning("listing jobs and pods failed (retry in %.0f s): %s", delay, exc)
+                await asyncio.sleep(delay)
+        assert self._synced is not None
+        self._synced.set()
+        self.on_sweep(changed, gone)
 
     def _sweep(self) -> tuple[set[JobKey], set[JobKey]]:
         """In a thread: list the jobs first, so a job created after that listing is not taken for gone."""

@@ -173,17 +173,19 @@ def test_sync_fills_the_view_once_then_sweeps_after_a_relisted_watch(monkeypatch
 
     async def scenario():
         sync = ViewSync(kube, view, None, lambda changed, gone: swept.append((changed, gone)))
-        sync.relisted()  # before the first listing: nothing to sweep yet
         await asyncio.gather(sync.wait_synced(), sync.wait_synced())
         assert kube.lists == 2 and view.size() == (1, 2)
+        for _ in range(3):
+            sync.watched("pods", None)  # Kopf's own first listing, after ours: nothing new
+        await asyncio.sleep(0.05)
+        assert kube.lists == 2
+        sync.watched("pods", "MODIFIED")
         kube.jobs, kube.pods = [], [api_pod(0, uid="p0")]  # while the watch was away: the job and a pod went
         for _ in range(5):
-            sync.relisted()  # a relisted watch delivers every object again
+            sync.watched("pods", None)  # the watch relisted: every object again
         await asyncio.sleep(0.1)
-        return sync
 
     asyncio.run(scenario())
     assert kube.lists == 4  # one sweep for the burst
     assert view.size() == (0, 1)
     assert swept[-1] == ({("team-a", "demo")}, {("team-a", "demo")})
-

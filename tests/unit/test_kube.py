@@ -1,0 +1,119 @@
+"""kube.py against a scripted local HTTP server: pooled connections, create-if-absent, a terminating namespace,
+paginated listings."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from kubernetes import client
+
+from llm_operator.kube import ForeignChild, Kube, NamespaceTerminating
+from llm_operator.lifecycle import Event
+
+TERMINATING = {"kind": "Status", "code": 403, "reason": "Forbidden",
+               "message": 'pods "x" is forbidden: unable to create new content in namespace ns because it is being terminated',
+               "details": {"causes": [{"reason": "NamespaceTerminating", "message": "namespace ns is being terminated"}]}}
+
+
+class FakeApiServer(ThreadingHTTPServer):
+    def __init__(self, respond):
+        self.respond, self.requests, self.connections = respond, [], 0
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the API server
+    wbufsize = 1 << 16  # one write per response (no Nagle delays)
+
+    def setup(self):
+        super().setup()
+        self.server.connections += 1
+
+    def _any(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        self.server.requests.append((self.command, self.path, body))
+        code, payload = self.server.respond(self.command, self.path, body)
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _any
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(respond):
+        server = FakeApiServer(respond)
+        servers.append(server)
+        configuration = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+        return server, Kube(client.ApiClient(configuration))
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+JOB = {"metadata": {"name": "demo", "namespace": "ns", "uid": "u1"}}
+
+
+def child(kind="Pod", owner="u1"):
+    return {"apiVersion": "v1", "kind": kind, "metadata": {"name": "demo-worker-0", "namespace": "ns", "ownerReferences": [{"uid": owner}]}}
+
+
+def test_every_response_is_read_so_one_connection_serves_them_all(serve):
+    server, kube = serve(lambda method, path, body: (201 if method == "POST" else 200, {"kind": "Event", "metadata": {"name": "e"}}))
+    for i in range(20):
+        kube.post_event(JOB, Event("Normal", "Created", f"event {i}"))
+        kube.delete_pod("ns", "demo-worker-0")
+    assert len(server.requests) == 40 and server.connections == 1
+
+
+def test_create_if_absent_takes_ours_and_refuses_a_namesakes(serve):
+    def respond(method, path, body):
+        if method == "POST":
+            return 409, {"kind": "Status", "code": 409, "reason": "AlreadyExists"}
+        return 200, {**child(), "status": {"phase": "Running"}}
+
+    server, kube = serve(respond)
+    assert kube.create_if_absent(child()) == (False, {**child(), "status": {"phase": "Running"}})
+    assert [(m, p) for m, p, _ in server.requests] == [("POST", "/api/v1/namespaces/ns/pods"), ("GET", "/api/v1/namespaces/ns/pods/demo-worker-0")]
+    with pytest.raises(ForeignChild):
+        kube.create_if_absent(child(owner="u2"))
+
+
+def test_a_terminating_namespace_is_told_apart_from_other_refusals(serve):
+    refused = {"kind": "Status", "code": 403, "reason": "Forbidden", "message": "RBAC: not allowed"}
+    answers = iter([TERMINATING, refused, TERMINATING])
+    server, kube = serve(lambda method, path, body: (403, next(answers)))
+    with pytest.raises(NamespaceTerminating):
+        kube.create_if_absent(child())
+    with pytest.raises(client.exceptions.ApiException) as refusal:
+        kube.create_if_absent(child())
+    assert refusal.value.status == 403 and not isinstance(refusal.value, NamespaceTerminating)
+    with pytest.raises(NamespaceTerminating):  # no Event into a namespace being deleted
+        kube.post_event(JOB, Event("Warning", "Restarting", "…"))
+
+
+def test_listings_follow_continue_tokens(serve):
+    def respond(method, path, body):
+        page = 2 if "continue=next" in path else 1
+        return 200, {"metadata": {"resourceVersion": "42", **({"continue": "next"} if page == 1 else {})},
+                     "items": [{"metadata": {"name": f"p{page}"}}]}
+
+    server, kube = serve(respond)
+    items, version = kube.list("Pod")
+    assert [i["metadata"]["name"] for i in items] == ["p1", "p2"] and version == "42"
+    assert server.requests[0][1] == "/api/v1/pods?limit=500&labelSelector=llmtraining.dev/job-name"
