@@ -139,13 +139,11 @@ class JobLoops:
                     failures = 0
                     if outcome is None:
                         return  # the job is gone
-                    target = outcome.scrape
+                    target = outcome.scrape if self.progress_interval > 0 else None  # 0: progress reading is off
                     if target is None:
                         reported = None
                     wake = outcome.decision.wake_after
                     due = loop.time() + (wake if wake is not None else RESYNC_SECONDS)
-                if not self.progress_interval > 0:
-                    target = None  # progress reading is off
                 if target is not None and loop.time() >= next_scrape:
                     next_scrape = loop.time() + self.progress_interval
                     progress = await self._scrape(target)

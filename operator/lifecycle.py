@@ -96,6 +96,7 @@ class _Draft:
         self.events: list[Event] = []
         self.phase: str = previous.get("phase") or "Pending"
         self.wakes: list[datetime] = []
+        self.final_state: Optional[dict[str, Any]] = None  # worker 0's termination message, once training ended
         self.delete: list[str] = []
 
     # ---------------------------------------------------------------------------------- reading
@@ -212,7 +213,7 @@ def _follow_progress(d: _Draft, gang: Sequence[Pod], reported: Optional[Mapping[
             ckpt = int(reported["lastCheckpointStep"])
             tag = f"global_step{ckpt}"
             d.status["lastCheckpoint"] = {"step": ckpt, "tag": tag, "path": f"{checkpoint_dir(d.job)}/{tag}"}
-    final = _final_state(rank0, total)
+    final = d.final_state = _final_state(rank0, total)
     if final is not None:  # what the run ended with, from worker 0's termination message: newer than any scrape
         progress.update({k: final[k] for k in ("step", "loss", "tokensPerSecond", "mfu") if k in final})
         checkpoint = final.get("lastCheckpoint") or {}
@@ -410,8 +411,7 @@ def _succeed(d: _Draft, pods: Sequence[Pod]) -> Decision:
     message = "training finished: " + ("the launcher (worker 0) exited 0" if launcher_only else f"all {nodes} workers exited 0")
     d.phase = "Succeeded"
     d.status["completionTime"] = d.stamp
-    rank0 = next((p for p in pods if node_rank(p) == 0 and restart_of(p) == d.restarts), None)
-    if _final_state(rank0, total) is None:  # an image without the final state: the last scrape predates the end
+    if d.final_state is None:  # an image without the final state: the last scrape predates the end
         d.status["progress"] = {**d.status["progress"], "step": total, "stepOfTotal": f"{total}/{total}"}
     d.clear(RESTARTING, "JobSucceeded", message)
     d.condition(RUNNING, "False", "JobSucceeded", message)

@@ -65,8 +65,7 @@ class Reconciler:
             try:
                 outcome = self.reconcile(body, observed_since, reported)
             except NamespaceTerminating:
-                log.info("namespace %s is being deleted: leaving job %s to the garbage collector", namespace, name)
-                self.view.mark_terminating(namespace)
+                self._leave_to_garbage_collector(namespace, name)
                 self._forget(namespace, name)
                 return None
             except Exception:
@@ -74,6 +73,10 @@ class Reconciler:
                 raise
             metrics.RECONCILES.labels(result="ok").inc()
             return outcome
+
+    def _leave_to_garbage_collector(self, namespace: str, name: str) -> None:
+        log.info("namespace %s is being deleted: leaving job %s to the garbage collector", namespace, name)
+        self.view.mark_terminating(namespace)
 
     def _forget(self, namespace: str, name: str) -> None:
         metrics.forget_job(namespace, name)
@@ -126,8 +129,7 @@ class Reconciler:
                 log.info("deleting job: ttlSecondsAfterFinished passed", extra={"job": name})
                 self.kube.delete_job(namespace, name, meta["uid"])
         except NamespaceTerminating:
-            log.info("namespace %s is being deleted: leaving job %s to the garbage collector", namespace, name)
-            self.view.mark_terminating(namespace)
+            self._leave_to_garbage_collector(namespace, name)
             return
         except Exception:
             metrics.RECONCILES.labels(result="error").inc()
