@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 CREATED, RUNNING, RESTARTING, STALLED, SUSPENDED, SUCCEEDED, FAILED = "Created", "Running", "Restarting", "Stalled", "Suspended", "Succeeded", "Failed"
+QUEUED = "Queued"  # Kueue: True while the job waits for admission (kueue.py)
 
 
 def find(conditions: list[dict[str, Any]], type_: str) -> Optional[dict[str, Any]]:

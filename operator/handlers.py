@@ -10,14 +10,24 @@ import kopf
 
 from .api import GROUP, PLURAL, VERSION
 from .job_loop import JobLoops
+from .kueue import GROUP as KUEUE_GROUP
+from .kueue import VERSION as KUEUE_VERSION
+from .kueue import WORKLOAD_PLURAL
 from .render.names import JOB_NAME_LABEL
 
 _loops: JobLoops | None = None
 
 
-def install(loops: JobLoops) -> None:
+def install(loops: JobLoops, kueue: bool = False) -> None:
     global _loops
     _loops = loops
+    if kueue:  # --kueue: the jobs' Workloads (RBAC for them is granted only then: rbac-rules.yaml's kueue rules)
+        kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, WORKLOAD_PLURAL, labels={JOB_NAME_LABEL: kopf.PRESENT})(workload_event)
+
+
+async def workload_event(type, event, **_) -> None:
+    """Kueue admitted, evicted or finished a job's Workload (a handler only with --kueue)."""
+    _installed().on_workload(type, event["object"])
 
 
 def _installed() -> JobLoops:

@@ -68,6 +68,11 @@ class JobLoops:
         if job is not None:
             self.poke(*job)
 
+    def on_workload(self, type_: Optional[str], workload: dict[str, Any]) -> None:
+        job = self.view.observe_workload(workload, deleted=type_ == "DELETED")
+        if job is not None:
+            self.poke(*job)
+
     def on_namespace(self, type_: Optional[str], namespace: dict[str, Any]) -> None:
         if self.view.observe_namespace(namespace, deleted=type_ == "DELETED"):
             for key in self.view.jobs_in(namespace["metadata"]["name"]):

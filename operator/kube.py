@@ -18,6 +18,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from .api import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from . import kueue
 from .render.names import JOB_NAME_LABEL
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def path_of(kind: str, namespace: Optional[str], name: Optional[str] = None) -> 
         base, plural = "/api/v1", _CORE_PLURALS[kind]
     elif kind == KIND:
         base, plural = f"/apis/{GROUP}/{VERSION}", PLURAL
+    elif kind == "Workload":
+        base, plural = f"/apis/{kueue.API_VERSION}", kueue.WORKLOAD_PLURAL
     else:
         raise ValueError(f"no path for kind {kind}")
     path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
@@ -153,6 +156,23 @@ class Kube:
         """A JSON merge patch of status (null removes a key); the job as it is now."""
         return self.request("PATCH", path_of(KIND, namespace, name) + "/status", {"status": status},
                             content_type="application/merge-patch+json")
+
+    # ------------------------------------------------------------------------------------------- Kueue
+    def patch_workload_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of a Workload's status subresource (its metadata.resourceVersion, if given, is a
+        precondition: 409 Conflict if Kueue wrote meanwhile); the Workload as it is now."""
+        return self.request("PATCH", path_of("Workload", namespace, name) + "/status", patch, content_type="application/merge-patch+json")
+
+    def delete_workload(self, namespace: str, name: str) -> None:
+        try:
+            self.request("DELETE", path_of("Workload", namespace, name))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def workload_priority(self, name: str) -> int:
+        """The value of a WorkloadPriorityClass (cluster-scoped)."""
+        return int(self.request("GET", f"/apis/{kueue.API_VERSION}/workloadpriorityclasses/{name}")["value"])
 
     # ------------------------------------------------------------------------------------------- reads
     def list(self, kind: str, namespace: Optional[str] = None) -> tuple[list[dict[str, Any]], str]:

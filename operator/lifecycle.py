@@ -8,6 +8,8 @@ tables every transition.
                     passed, create the next gang (pods labelled with the new restart count)
     any → Failed: a FailJob rule, backoffLimit spent, activeDeadlineSeconds passed
     any → Suspended while runPolicy.suspend (the gang stopped, the deadline clock paused) → a new gang on resume
+    Kueue (kueue.py): a job labelled kueue.x-k8s.io/queue-name stays Pending, condition Queued, with no pods until
+    its Workload is admitted; evicted (preempted), its gang is stopped as on suspend and it queues again.
 
 The status is the only memory: it is written before pods are stopped, so an operator killed at any
 point finds the restart count it decided and converges to exactly one gang.
@@ -23,7 +25,8 @@ from typing import Any, Mapping, Optional, Sequence
 from .api import LLMTrainingJob
 from .api.contract import parse_final_state
 from .clock import parse_time, rfc3339, seconds_between
-from .conditions import CREATED, FAILED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, find, is_true, set_condition
+from .conditions import CREATED, FAILED, QUEUED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, find, is_true, set_condition
+from .kueue import Admission, admission_of, finish_patch, queue_name, release_quota_patch
 from .failures import Failure, action_for, deleted_pod, failed_pod, first_of, node_lost, stalled, vanished_pod
 from .pods import (
     Pod,
@@ -52,6 +55,7 @@ class LifecycleSettings:
     restart_backoff_seconds: float = 10.0  # first counted restart; doubles with each one
     restart_backoff_max_seconds: float = 300.0
     node_lost_grace_seconds: float = 60.0  # a running worker not Ready this long has lost its node
+    kueue: bool = False  # --kueue: jobs labelled kueue.x-k8s.io/queue-name wait for Kueue's admission
 
 
 @dataclass
@@ -69,6 +73,9 @@ class Decision:
     delete_pods: list[str] = field(default_factory=list)  # stop these: SIGTERM, then SIGKILL after their grace period
     delete_job: bool = False  # ttlSecondsAfterFinished has passed
     wake_after: Optional[float] = None  # seconds until a timer may fire with no event in between
+    create_workload: bool = False  # Kueue: create the job's Workload (kueue.build_workload)
+    workload_patch: Optional[dict[str, Any]] = None  # Kueue: a merge patch of the Workload (release quota, finished)
+    delete_workload: bool = False  # Kueue: the job is suspended; its Workload goes (a new one on resume)
 
     @property
     def finished(self) -> bool:
@@ -140,11 +147,21 @@ class _Draft:
 # ============================================================================================ decide
 def decide(job: LLMTrainingJob, generation: Optional[int], pods: Sequence[Pod], previous: Optional[Mapping[str, Any]], now: datetime, *,
            observed_since: datetime, reported: Optional[Mapping[str, Any]] = None,
-           settings: LifecycleSettings = LifecycleSettings()) -> Decision:
+           settings: LifecycleSettings = LifecycleSettings(), workload: Optional[Mapping[str, Any]] = None) -> Decision:
     """pods: every pod the job owns, of any gang. observed_since: when this operator process began watching the
     job (a stall is never judged on time it did not watch). reported: rank 0's metrics (progress.parse_progress)
-    with the UID of the pod they were read from."""
+    with the UID of the pod they were read from. workload: the job's Kueue Workload (kueue.slim_workload), if any."""
     d = _Draft(job, generation, previous or {}, now)
+    queued = settings.kueue and _queued_by_kueue(d)
+    decision = _decide(d, pods, observed_since, reported, settings, workload if queued else None, queued)
+    if queued and workload is not None:
+        _settle_workload(d, decision, workload)
+    return decision
+
+
+def _decide(d: _Draft, pods: Sequence[Pod], observed_since: datetime, reported: Optional[Mapping[str, Any]],
+            settings: LifecycleSettings, workload: Optional[Mapping[str, Any]], queued: bool) -> Decision:
+    job, now = d.job, d.now
     gang = [p for p in pods if restart_of(p) == d.restarts]
     leftovers = [p for p in pods if restart_of(p) != d.restarts]
     _count_ready(d, gang)
@@ -158,6 +175,10 @@ def decide(job: LLMTrainingJob, generation: Optional[int], pods: Sequence[Pod], 
         return _suspend(d, pods)
     if d.phase == "Suspended":
         _resume(d)
+    if queued and not (admission := admission_of(workload)).may_run:
+        return _wait_for_admission(d, pods, admission, workload)
+    if queued:
+        _admitted(d, admission)
     if _deadline_passed(d):
         return _fail_deadline(d, pods)
     if leftovers:  # an earlier gang is still there: never two gangs at once
@@ -178,6 +199,68 @@ def decide(job: LLMTrainingJob, generation: Optional[int], pods: Sequence[Pod], 
     if all(is_running(p) for p in gang):
         _gang_running(d, gang)
     return d.decision()
+
+
+# ============================================================================================ Kueue
+def _queued_by_kueue(d: _Draft) -> bool:
+    """Labelled with a LocalQueue, and either queued already or not started: a label added to a job that already
+    ran without Kueue does not stop it (Kueue's own webhooks forbid that edit on a running job)."""
+    return queue_name(d.job) is not None and (find(d.conditions, QUEUED) is not None or not d.status.get("startTime"))
+
+
+def _wait_for_admission(d: _Draft, pods: Sequence[Pod], admission: Admission, workload: Optional[Mapping[str, Any]]) -> Decision:
+    """No pods until the Workload is admitted. Evicted while the gang ran: stop it as a suspension would (a new
+    incarnation, not counted toward backoffLimit), then give the quota back so that Kueue queues the job again."""
+    queue = queue_name(d.job)
+    evicted = admission.evicted
+    gang_exists = any(restart_of(p) == d.restarts for p in pods) or is_true(d.conditions, CREATED)
+    if evicted is not None and gang_exists:  # once: the next gang is a new incarnation
+        d.status["restarts"] = d.restarts + 1
+        d.status.pop("restartTime", None)
+        d.phase = "Pending"
+        message = (f"evicted by Kueue ({evicted.get('reason', 'Evicted')}: {evicted.get('message', '')}); the gang was stopped "
+                   f"(SIGTERM, so the trainer saved a checkpoint) and the job waits for admission again in LocalQueue {queue}")
+        d.condition(QUEUED, "True", evicted.get("reason") or "Evicted", message, event=None)
+        d.events.append(Event("Warning", "Evicted", message))
+        d.condition(CREATED, "False", "Evicted", message)
+        d.condition(RUNNING, "False", "Evicted", message)
+        d.clear(RESTARTING, "Evicted", message)
+        d.clear(STALLED, "Evicted", message)
+    elif not is_true(d.conditions, QUEUED):
+        d.phase = "Pending"
+        why = f": {admission.pending_message}" if admission.pending_message else ""
+        d.condition(QUEUED, "True", "WaitingForAdmission", f"waiting for Kueue admission in LocalQueue {queue}{why}")
+    elif admission.pending_message and (find(d.conditions, QUEUED) or {}).get("reason") == "WaitingForAdmission":  # Kueue's reason may change
+        d.condition(QUEUED, "True", "WaitingForAdmission", f"waiting for Kueue admission in LocalQueue {queue}: {admission.pending_message}")
+    d.stop(pods)
+    actions: dict[str, Any] = {}
+    if not admission.exists:
+        actions["create_workload"] = True
+    elif evicted is not None and admission.reserved and not pods and workload is not None:
+        actions["workload_patch"] = release_quota_patch(workload, d.stamp)
+    return d.decision(**actions)
+
+
+def _admitted(d: _Draft, admission: Admission) -> None:
+    """The Workload is admitted: the gang may be created. Time spent queued again after an eviction does not
+    count toward activeDeadlineSeconds (as time suspended does not)."""
+    was_queued = is_true(d.conditions, QUEUED)
+    if was_queued and d.status.get("startTime"):
+        d.status["suspendedSeconds"] = round(float(d.status.get("suspendedSeconds") or 0) + seconds_between(d.since(QUEUED), d.now), 3)
+    message = f"admitted by Kueue: ClusterQueue {admission.cluster_queue or '?'} (LocalQueue {queue_name(d.job)})"
+    d.condition(QUEUED, "False", "Admitted", message)
+    if was_queued:
+        d.events.append(Event("Normal", "Admitted", message))
+
+
+def _settle_workload(d: _Draft, decision: Decision, workload: Mapping[str, Any]) -> None:
+    """The job is over: mark its Workload Finished (the quota goes back); suspended: the Workload goes."""
+    admission = admission_of(workload)
+    if decision.finished and not admission.finished and decision.workload_patch is None:
+        message = next((c["message"] for c in decision.status["conditions"] if c["type"] in (SUCCEEDED, FAILED) and c["status"] == "True"), "")
+        decision.workload_patch = finish_patch(workload, decision.status["phase"] == "Succeeded", message, d.stamp)
+    elif d.job.spec.run_policy.suspend and not admission.finished:
+        decision.delete_workload = True
 
 
 # ========================================================================================= observing

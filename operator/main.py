@@ -9,7 +9,7 @@ import prometheus_client
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from . import handlers
+from . import handlers, kueue
 from .job_loop import JobLoops
 from .kube import Kube
 from .lifecycle import LifecycleSettings
@@ -49,6 +49,7 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.server_timeout = 300
     # only our pods, filtered by the API server: the others would cost memory and CPU for nothing
     settings.watching.label_selectors["v1", "pods"] = JOB_NAME_LABEL
+    settings.watching.label_selectors[kueue.GROUP, kueue.WORKLOAD_PLURAL] = JOB_NAME_LABEL  # only our Workloads
     settings.networking.request_timeout = 60
     # Kopf keeps a worker per object for a while after its last event, and the worker holds that event's whole
     # body: after a burst of pod events, thousands of them. Let them go soon (a new one costs a task).
@@ -70,7 +71,7 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
     kube = Kube(client.ApiClient(configuration))
     reconciler = Reconciler(kube=kube, view=ClusterView(), ctx=RenderContext(cluster_domain=cluster_domain), emit=kube.post_event,
                             generate_ssh_keys=generate_job_keys, settings=lifecycle or LifecycleSettings())
-    handlers.install(JobLoops(reconciler, progress_interval, namespaces=namespaces))
+    handlers.install(JobLoops(reconciler, progress_interval, namespaces=namespaces), kueue=reconciler.settings.kueue)
 
     if metrics_port:
         prometheus_client.start_http_server(metrics_port)
@@ -79,7 +80,8 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
     def _startup(settings: kopf.OperatorSettings, **_) -> None:
         configure_settings(settings)
 
-    log.info("starting llm-training-operator", extra={"namespaces": namespaces or "*", "cluster_domain": cluster_domain})
+    log.info("starting llm-training-operator", extra={"namespaces": namespaces or "*", "cluster_domain": cluster_domain,
+                                                      "kueue": reconciler.settings.kueue})
     kopf.run(
         standalone=True,  # one replica (Deployment strategy Recreate); no peering objects needed
         clusterwide=not namespaces,

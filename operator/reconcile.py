@@ -25,7 +25,8 @@ from .kube import Kube, NamespaceTerminating
 from .lifecycle import Decision, Event, LifecycleSettings, decide, status_patch
 from .pods import name_of
 from .progress import ScrapeTarget, scrape_target
-from .render import RenderContext, render_children
+from . import kueue
+from .render import RenderContext, build_worker_pod, render_children
 from .view import ClusterView
 from .writers import CREATE, FINISH, Writers
 
@@ -93,10 +94,14 @@ class Reconciler:
 
         def decide_now() -> tuple[list[dict], Decision]:
             pods = self.view.pods(namespace, name, meta.get("uid"))
+            workload = self.view.workload(namespace, name, meta.get("uid")) if self.settings.kueue else None
             return pods, decide(job, meta.get("generation"), pods, previous, utcnow(), observed_since=observed_since,
-                                reported=reported, settings=self.settings)
+                                reported=reported, settings=self.settings, workload=workload)
 
         pods, decision = decide_now()
+        if decision.create_workload:
+            self._create_workload(job, decision.status["restarts"])
+            pods, decision = decide_now()  # with the Workload just created (merged into the view)
         if decision.create_pods:
             self._create_gang(job, pods, restart=decision.status["restarts"])
             pods, decision = decide_now()  # with the gang just created (merged into the view)
@@ -106,7 +111,7 @@ class Reconciler:
             decision.wake_after = min(wake, decision.wake_after if decision.wake_after is not None else wake)
         running = decision.status.get("phase") == "Running"
         target = scrape_target(pods, decision.status["restarts"], job.spec.monitoring.port) if running else None
-        if not (patch or decision.events or decision.delete_pods or decision.delete_job):
+        if not (patch or decision.events or decision.delete_pods or decision.delete_job or decision.workload_patch or decision.delete_workload):
             metrics.record(namespace, name, meta.get("creationTimestamp"), previous, decision.status)
             return Outcome(decision, target)
         return Outcome(decision, target, self.writers.submit(FINISH, self._finish, body, patch, decision))
@@ -125,6 +130,8 @@ class Reconciler:
                 log.info("stopping pods %s", ", ".join(decision.delete_pods), extra={"job": name})
             for pod in decision.delete_pods:
                 self._stop_pod(namespace, pod)
+            if decision.workload_patch is not None or decision.delete_workload:
+                self._settle_workload(job_name=name, namespace=namespace, owner_uid=meta.get("uid"), decision=decision)
             if decision.delete_job:
                 log.info("deleting job: ttlSecondsAfterFinished passed", extra={"job": name})
                 self.kube.delete_job(namespace, name, meta["uid"])
@@ -166,6 +173,29 @@ class Reconciler:
             created = [f"{c['kind']} {c['metadata']['name']}" for c, was_created in zip(batch, self._in_parallel(create, batch)) if was_created]
             if created:
                 log.info("created %s", ", ".join(created), extra={"job": job.metadata.name})
+
+    def _create_workload(self, job, restart: int) -> None:
+        """The job's Kueue Workload: the podSet's template is the worker pod the gang would get."""
+        pclass = kueue.priority_class(job)
+        priority = self.kube.workload_priority(pclass) if pclass else None  # an absent class: retried, like Kueue's jobs
+        workload = kueue.build_workload(job, build_worker_pod(job, 0, self.ctx, restart), priority)
+        created, current = self.kube.create_if_absent(workload)
+        self.view.observe_workload(current)
+        if created:
+            log.info("created Workload %s in LocalQueue %s", workload["metadata"]["name"], kueue.queue_name(job), extra={"job": job.metadata.name})
+
+    def _settle_workload(self, job_name: str, namespace: str, owner_uid: Optional[str], decision: Decision) -> None:
+        """Release the Workload's quota (after an eviction), mark it Finished, or delete it (suspended)."""
+        workload = self.view.workload(namespace, job_name, owner_uid)
+        if workload is None:
+            return
+        name = workload["metadata"]["name"]
+        if decision.delete_workload:
+            log.info("deleting Workload %s: the job is suspended", name, extra={"job": job_name})
+            self.kube.delete_workload(namespace, name)
+            self.view.observe_workload(workload, deleted=True)
+        elif decision.workload_patch is not None:
+            self.view.observe_workload(self.kube.patch_workload_status(namespace, name, decision.workload_patch))
 
     def _stop_pod(self, namespace: str, name: str) -> None:
         pod = self.kube.delete_pod(namespace, name)

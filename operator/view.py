@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Any, Iterable, Mapping, Optional
 
+from .kueue import GROUP as KUEUE_GROUP
+from .kueue import slim_workload
 from .render.names import JOB_NAME_LABEL, NODE_RANK_LABEL, RESTART_LABEL
 
 JobKey = tuple[str, str]  # (namespace, job name)
@@ -26,6 +28,7 @@ TOMBSTONE_SECONDS = 300.0
 _POD_LABELS = (NODE_RANK_LABEL, RESTART_LABEL)
 _DETAILED_CONDITIONS = ("Ready", "DisruptionTarget")  # the others only matter as (type, status) to podFailurePolicy
 _TERMINATED_FIELDS = ("exitCode", "reason", "message", "finishedAt")
+KUEUE_LABEL_PREFIX = f"{KUEUE_GROUP}/"
 
 
 def is_newer(version: Optional[str], than: Optional[str]) -> bool:
@@ -66,7 +69,11 @@ def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
     its spec (immutable, read only by a reconcile) kept as compact JSON: a tenth of the memory of the dicts."""
     meta = body["metadata"]
     keep = ("name", "namespace", "uid", "generation", "creationTimestamp", "deletionTimestamp")
-    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": {k: meta[k] for k in keep if k in meta},
+    slim_meta = {k: meta[k] for k in keep if k in meta}
+    kueue_labels = {k: v for k, v in (meta.get("labels") or {}).items() if k.startswith(KUEUE_LABEL_PREFIX)}
+    if kueue_labels:  # the LocalQueue and priority class (kueue.py)
+        slim_meta["labels"] = kueue_labels
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": slim_meta,
             "spec": json.dumps(body.get("spec") or {}, separators=(",", ":")), "status": body.get("status") or {}}
 
 
@@ -77,6 +84,7 @@ class ClusterView:
         self._pods: dict[JobKey, dict[str, tuple[str, dict]]] = {}  # → pod name → (resourceVersion, slim pod)
         self._tombstones: dict[str, float] = {}  # uid of a deleted pod or job → when (monotonic)
         self._terminating: set[str] = set()  # namespaces being deleted
+        self._workloads: dict[JobKey, tuple[str, dict]] = {}  # Kueue Workloads (kueue.slim_workload) → (resourceVersion, slim)
 
     # -------------------------------------------------------------------------------------------- jobs
     def job(self, namespace: str, name: str) -> Optional[dict]:
@@ -188,6 +196,37 @@ class ClusterView:
             del self._tombstones[oldest]
         if uid:
             self._tombstones[uid] = now
+
+    # -------------------------------------------------------------------------------------- workloads
+    def workload(self, namespace: str, job_name: str, owner_uid: Optional[str]) -> Optional[dict]:
+        """The job's Kueue Workload, if this incarnation of the job owns it."""
+        with self._lock:
+            entry = self._workloads.get((namespace, job_name))
+        if entry is None or not any(ref["uid"] == owner_uid for ref in entry[1]["metadata"]["ownerReferences"]):
+            return None
+        return entry[1]
+
+    def observe_workload(self, workload: Mapping[str, Any], deleted: bool = False) -> Optional[JobKey]:
+        """A Workload from the watch or a response; the key of its job if what a decision reads changed."""
+        meta = workload["metadata"]
+        job = (meta.get("labels") or {}).get(JOB_NAME_LABEL)
+        if job is None:
+            return None
+        key, uid, version = (meta["namespace"], job), meta.get("uid"), meta.get("resourceVersion") or ""
+        with self._lock:
+            old = self._workloads.get(key)
+            same = old is not None and old[1]["metadata"].get("uid") == uid
+            if deleted:
+                self._bury(uid)
+                if not same:
+                    return None
+                del self._workloads[key]
+                return key
+            if uid in self._tombstones or (same and old is not None and not is_newer(version, old[0])):
+                return None
+            slim = slim_workload(workload)
+            self._workloads[key] = (version, slim)
+            return None if same and old is not None and old[1]["status"] == slim["status"] else key
 
     # ------------------------------------------------------------------------------------- namespaces
     def observe_namespace(self, namespace: Mapping[str, Any], deleted: bool = False) -> bool:

@@ -280,9 +280,22 @@ def test_rbac_create_false(helm):
     assert not kinds & {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 
 
+def test_rbac_kueue_rules_only_when_enabled(helm):
+    off = next(o for o in template(helm) if o["kind"] == "ClusterRole")
+    assert not any("kueue.x-k8s.io" in rule["apiGroups"] for rule in off["rules"])
+    objects = template(helm, "--set", "kueue.enabled=true")
+    role = next(o for o in objects if o["kind"] == "ClusterRole")
+    assert role["rules"] == RULES["namespaced"] + RULES["kueueNamespaced"] + RULES["cluster"] + RULES["kueueCluster"]
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    assert "--kueue" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    watched = template(helm, "--set", "kueue.enabled=true", "--set", "watchNamespaces={team-a}")
+    assert next(o for o in watched if o["kind"] == "Role")["rules"] == RULES["namespaced"] + RULES["kueueNamespaced"]
+    assert next(o for o in watched if o["kind"] == "ClusterRole")["rules"] == RULES["cluster"] + RULES["kueueCluster"]
+
+
 def test_rbac_rules_file_shape():
-    assert set(RULES) == {"namespaced", "cluster"}
-    for rule in RULES["namespaced"] + RULES["cluster"]:
+    assert set(RULES) == {"namespaced", "cluster", "kueueNamespaced", "kueueCluster"}
+    for rule in RULES["namespaced"] + RULES["cluster"] + RULES["kueueNamespaced"] + RULES["kueueCluster"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
 
