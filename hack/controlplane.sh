@@ -568,6 +568,7 @@ cmd_restart() {
 }
 
 cmd_down() {
+  bash "$ROOT/hack/kueue.sh" down 2>/dev/null || true  # Kueue (hack/kueue.sh), if it was started on this control plane
   stop_all
   # refuse to delete anything that does not look like our state dir
   if [[ -d "$STATE_DIR" ]]; then

@@ -35,6 +35,7 @@ class OperatorProcess:
         self.log_dir = log_dir
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.extra_args: list[str] = []  # e.g. --kueue (tests/e2e/test_kueue.py restarts the operator with it)
 
     def start(self) -> None:
         self.starts += 1
@@ -46,7 +47,7 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(self.health_port), "--log-format", "plain",
              "--metrics-port", str(self.metrics_port), "--progress-interval", "1",
-             "--restart-backoff", "1", "--max-restart-backoff", "4", "-v"],
+             "--restart-backoff", "1", "--max-restart-backoff", "4", "-v", *self.extra_args],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
         )
         self.cp.wait_for(self.healthy, timeout=60, what=f"operator liveness endpoint (log: {self.log_path})")
