@@ -170,6 +170,10 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    def resource_flavor(self, name: str) -> dict[str, Any]:
+        """A ResourceFlavor (cluster-scoped): its nodeLabels and tolerations place an admitted gang."""
+        return self.request("GET", f"/apis/{kueue.API_VERSION}/resourceflavors/{name}")
+
     def workload_priority(self, name: str) -> int:
         """The value of a WorkloadPriorityClass (cluster-scoped)."""
         return int(self.request("GET", f"/apis/{kueue.API_VERSION}/workloadpriorityclasses/{name}")["value"])

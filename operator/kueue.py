@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from .api import LLMTrainingJob
 from .render.names import JOB_NAME_LABEL, RenderContext, labels, owner_reference
@@ -107,6 +107,7 @@ class Admission:
     finished: bool = False
     cluster_queue: Optional[str] = None
     pending_message: str = ""  # why it waits, as Kueue says it (QuotaReserved=False's message)
+    flavors: tuple[str, ...] = ()  # the ResourceFlavors assigned to the workers
 
     @property
     def may_run(self) -> bool:
@@ -128,7 +129,25 @@ def admission_of(workload: Optional[Mapping[str, Any]]) -> Admission:
         finished=_is_true(workload, FINISHED),
         cluster_queue=(status.get("admission") or {}).get("clusterQueue"),
         pending_message=pending,
+        flavors=tuple((status.get("admission") or {}).get("flavors") or ()),
     )
+
+
+def place_on_flavors(pod: dict[str, Any], flavors: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The worker pod on the nodes of the ResourceFlavors Kueue assigned (their spec.nodeLabels joined to the pod's
+    nodeSelector, their spec.tolerations added), as jobframework does when it starts a job: the quota was
+    counted against those nodes. On a conflicting node label the flavor's value wins."""
+    spec = dict(pod["spec"])
+    selector = dict(spec.get("nodeSelector") or {})
+    tolerations = list(spec.get("tolerations") or [])
+    for flavor in flavors:
+        selector.update((flavor.get("spec") or {}).get("nodeLabels") or {})
+        tolerations += [t for t in (flavor.get("spec") or {}).get("tolerations") or [] if t not in tolerations]
+    if selector:
+        spec["nodeSelector"] = selector
+    if tolerations:
+        spec["tolerations"] = tolerations
+    return {**pod, "spec": spec}
 
 
 # ============================================================================================ writing
@@ -178,9 +197,10 @@ def slim_workload(workload: Mapping[str, Any]) -> dict[str, Any]:
     slim_meta["ownerReferences"] = [{"uid": ref.get("uid")} for ref in meta.get("ownerReferences") or []]
     slim_status: dict[str, Any] = {"conditions": [dict(c) for c in status.get("conditions") or []]}
     if status.get("admission"):
-        slim_status["admission"] = {"clusterQueue": status["admission"].get("clusterQueue")}
+        assigned = {f for a in status["admission"].get("podSetAssignments") or [] for f in (a.get("flavors") or {}).values()}
+        slim_status["admission"] = {"clusterQueue": status["admission"].get("clusterQueue"), "flavors": sorted(assigned)}
     return {"metadata": slim_meta, "status": slim_status}
 
 
-__all__ = ["Admission", "RenderContext", "admission_of", "build_workload", "finish_patch", "release_quota_patch", "slim_workload",
+__all__ = ["Admission", "RenderContext", "admission_of", "build_workload", "finish_patch", "place_on_flavors", "release_quota_patch", "slim_workload",
            "priority_class", "queue_name", "workload_name"]

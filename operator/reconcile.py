@@ -161,6 +161,9 @@ class Reconciler:
         existing = {name_of(p) for p in pods}
         children = [c for c in render_children(job, self.ctx, ssh_keys=ssh_keys, restart=restart)
                     if not (c["kind"] == "Pod" and c["metadata"]["name"] in existing)]
+        flavors = self._admitted_flavors(job)
+        if flavors:
+            children = [kueue.place_on_flavors(c, flavors) if c["kind"] == "Pod" else c for c in children]
 
         def create(child: dict) -> bool:
             was_created, current = self.kube.create_if_absent(child)
@@ -173,6 +176,14 @@ class Reconciler:
             created = [f"{c['kind']} {c['metadata']['name']}" for c, was_created in zip(batch, self._in_parallel(create, batch)) if was_created]
             if created:
                 log.info("created %s", ", ".join(created), extra={"job": job.metadata.name})
+
+    def _admitted_flavors(self, job) -> list[dict]:
+        """The ResourceFlavors Kueue admitted the job's Workload on (none for a job Kueue does not queue)."""
+        if not self.settings.kueue:
+            return []
+        workload = self.view.workload(job.metadata.namespace, job.metadata.name, job.metadata.uid)
+        admission = kueue.admission_of(workload)
+        return [self.kube.resource_flavor(name) for name in admission.flavors] if admission.may_run else []
 
     def _create_workload(self, job, restart: int) -> None:
         """The job's Kueue Workload: the podSet's template is the worker pod the gang would get."""

@@ -24,6 +24,8 @@ PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 FLAVOR = "llmto-e2e-gpu"
 LOCAL_QUEUE = "team-queue"
 GPUS = 24  # 3 kwok nodes x 8
+FLAVOR_NODE_LABELS = {"nvidia.com/gpu.present": "true"}  # the kwok GPU nodes have it
+FLAVOR_TOLERATION = {"key": "llmtraining.dev/e2e-reserved", "operator": "Exists", "effect": "NoSchedule"}
 E2E_ROLE = "llm-training-operator-e2e-kueue"
 
 
@@ -46,7 +48,8 @@ def kueue(control_plane, operator):
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": E2E_ROLE},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": E2E_ROLE},
          "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]},
-        {"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": {"name": FLAVOR}},
+        {"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": {"name": FLAVOR},
+         "spec": {"nodeLabels": FLAVOR_NODE_LABELS, "tolerations": [FLAVOR_TOLERATION]}},
         {"apiVersion": KUEUE, "kind": "WorkloadPriorityClass", "metadata": {"name": "llmto-e2e-low"}, "value": 100},
         {"apiVersion": KUEUE, "kind": "WorkloadPriorityClass", "metadata": {"name": "llmto-e2e-high"}, "value": 10000},
     ])
@@ -162,7 +165,11 @@ def test_queued_job_waits_then_its_whole_gang_is_admitted(control_plane, operato
 
     local_queue(cp, namespace, queue)
     job = wait_phase(cp, operator, namespace, "queued", "Running", timeout=90)
-    assert len(live_pods(job_pods(cp, namespace, "queued"))) == 3  # the whole gang, at once
+    pods = job_pods(cp, namespace, "queued")
+    assert len(live_pods(pods)) == 3  # the whole gang, at once
+    for pod in pods:  # placed on the nodes of the flavor Kueue admitted it on
+        assert pod["spec"]["nodeSelector"].items() >= FLAVOR_NODE_LABELS.items()
+        assert FLAVOR_TOLERATION in pod["spec"]["tolerations"]
     assert condition(job, "Queued")["status"] == "False" and condition(job, "Queued")["reason"] == "Admitted"
     assert queue in condition(job, "Queued")["message"]
     assert "Admitted" in {e["reason"] for e in events(cp, namespace, "queued")}

@@ -119,6 +119,24 @@ def test_release_quota_patch_is_what_jobframework_writes(reason, requeued):
     assert wl["status"]["conditions"][0]["status"] == "True"  # the view's copy is untouched
 
 
+def test_admitted_flavors_place_the_gang(make_job):
+    body = {"metadata": {"name": "w", "namespace": "team-a", "uid": "u", "ownerReferences": [{"uid": UID}]},
+            "status": {"conditions": [{"type": "Admitted", "status": "True"}], "admission": {"clusterQueue": "cq", "podSetAssignments": [
+                {"name": "workers", "flavors": {"nvidia.com/gpu": "h100", "cpu": "default"}, "count": 2}]}}}
+    assert kueue.admission_of(kueue.slim_workload(body)).flavors == ("default", "h100")
+    job = make_job()
+    worker = build_worker_pod(job, 0, RenderContext())
+    gpu_toleration = worker["spec"]["tolerations"][0]
+    reserved = {"key": "reserved", "operator": "Exists", "effect": "NoSchedule"}
+    placed = kueue.place_on_flavors(worker, [
+        {"spec": {"nodeLabels": {"nvidia.com/gpu.product": "H100"}, "tolerations": [reserved, gpu_toleration]}},
+        {"spec": {}},
+    ])
+    assert placed["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert placed["spec"]["tolerations"] == [gpu_toleration, reserved]  # each once
+    assert "nodeSelector" not in worker["spec"]  # the rendered pod is untouched
+
+
 def test_finish_patch():
     patch = kueue.finish_patch(ADMITTED, succeeded=False, message="backoffLimit spent", now=ts(9))
     finished = next(c for c in patch["status"]["conditions"] if c["type"] == "Finished")
@@ -250,7 +268,7 @@ def test_view_keeps_kueue_labels_and_the_owned_workload(manifest):
             "status": {"conditions": [{"type": "Admitted", "status": "True"}], "admission": {"clusterQueue": "cq"}}}
     assert view.observe_workload(body) == ("team-a", "demo")
     assert view.observe_workload(body) is None  # nothing changed
-    assert view.workload("team-a", "demo", UID)["status"]["admission"] == {"clusterQueue": "cq"}
+    assert view.workload("team-a", "demo", UID)["status"]["admission"] == {"clusterQueue": "cq", "flavors": []}
     assert view.workload("team-a", "demo", "a-namesake-uid") is None
     assert view.observe_workload(body, deleted=True) == ("team-a", "demo")
     assert view.workload("team-a", "demo", UID) is None
