@@ -56,6 +56,13 @@ cmd_build() {
   cp "$mod"/config/components/crd/bases/*.yaml "$BIN_DIR/crds/"; chmod -R u+w "$BIN_DIR/crds"
   echo "$KUEUE_VERSION" >"$BIN_DIR/.stamp"
   log "kueue built in $((SECONDS - t0))s"
+  local old  # builds of other versions (~90 MiB each), unless a manager from one still runs
+  for old in "${CACHE}/kueue"/*/; do
+    old="${old%/}"
+    [[ "$old" == "$BUILD_DIR" ]] && continue
+    pgrep -f "^${old}/bin/kueue " >/dev/null 2>&1 && continue
+    log "removing old build $(basename "$old")"; rm -rf "$old"
+  done
 }
 
 # ================================================================== up =====
