@@ -41,7 +41,7 @@ class JobLoops:
                  namespaces: Optional[list[str]] = None):
         self.reconciler = reconciler
         self.view: ClusterView = reconciler.view
-        self.sync = ViewSync(reconciler.kube, self.view, namespaces or None, self._swept)
+        self.sync = ViewSync(reconciler.kube, self.view, namespaces or None, self._swept, workloads=reconciler.settings.kueue)
         self.progress_interval = progress_interval
         self.fetch = fetch
         self._pokes: dict[JobKey, asyncio.Event] = {}
@@ -69,6 +69,7 @@ class JobLoops:
             self.poke(*job)
 
     def on_workload(self, type_: Optional[str], workload: dict[str, Any]) -> None:
+        self.sync.watched("workloads", type_)
         job = self.view.observe_workload(workload, deleted=type_ == "DELETED")
         if job is not None:
             self.poke(*job)

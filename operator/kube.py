@@ -180,9 +180,10 @@ class Kube:
 
     # ------------------------------------------------------------------------------------------- reads
     def list(self, kind: str, namespace: Optional[str] = None) -> tuple[list[dict[str, Any]], str]:
-        """Every job, or every pod labelled for a job, in a namespace (None: all); and the list's resource version."""
+        """Every job, or every pod or Kueue Workload labelled for a job, in a namespace (None: all); and the list's
+        resource version."""
         query = [("limit", str(LIST_PAGE))]
-        if kind == "Pod":
+        if kind in ("Pod", "Workload"):
             query.append(("labelSelector", JOB_NAME_LABEL))
         items: list[dict[str, Any]] = []
         page: dict[str, Any] = {"metadata": {}}

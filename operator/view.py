@@ -228,6 +228,20 @@ class ClusterView:
             self._workloads[key] = (version, slim)
             return None if same and old is not None and old[1]["status"] == slim["status"] else key
 
+    def replace_workloads(self, workloads: Iterable[Mapping[str, Any]], version: str, namespaces: Optional[set[str]] = None) -> set[JobKey]:
+        """A fresh listing of the Workloads, as replace_pods; returns the jobs whose Workload changed or went."""
+        workloads = list(workloads)
+        changed = {key for key in (self.observe_workload(w) for w in workloads) if key}
+        listed = {w["metadata"].get("uid") for w in workloads}
+        with self._lock:
+            for key, (rv, workload) in list(self._workloads.items()):
+                uid = workload["metadata"].get("uid")
+                if (namespaces is None or key[0] in namespaces) and uid not in listed and not is_newer(rv, version):
+                    self._bury(uid)
+                    del self._workloads[key]
+                    changed.add(key)
+        return changed
+
     # ------------------------------------------------------------------------------------- namespaces
     def observe_namespace(self, namespace: Mapping[str, Any], deleted: bool = False) -> bool:
         """True when the namespace has just started terminating."""

@@ -11,6 +11,8 @@ import asyncio
 import logging
 from typing import Callable, Optional
 
+from kubernetes.client.exceptions import ApiException
+
 from .kube import Kube
 from .view import ClusterView, JobKey
 
@@ -23,10 +25,11 @@ RETRY_SECONDS = (1.0, 30.0)
 
 class ViewSync:
     def __init__(self, kube: Kube, view: ClusterView, namespaces: Optional[list[str]],
-                 on_sweep: Callable[[set[JobKey], set[JobKey]], None]):
-        """namespaces: those the operator watches (None: all). on_sweep(changed, gone): the jobs whose pods
-        changed, and the jobs that are gone, as the listing found them."""
-        self.kube, self.view, self.namespaces, self.on_sweep = kube, view, namespaces, on_sweep
+                 on_sweep: Callable[[set[JobKey], set[JobKey]], None], workloads: bool = False):
+        """namespaces: those the operator watches (None: all). on_sweep(changed, gone): the jobs whose pods (or
+        Kueue Workloads) changed, and the jobs that are gone, as the listing found them. workloads: list the jobs'
+        Kueue Workloads too (--kueue)."""
+        self.kube, self.view, self.namespaces, self.on_sweep, self.workloads = kube, view, namespaces, on_sweep, workloads
         self._synced: Optional[asyncio.Event] = None
         self._sweeping: Optional[asyncio.Task] = None
         self._streaming: set[str] = set()  # the watches past their first listing
@@ -86,6 +89,17 @@ class ViewSync:
             pods, pods_version = self.kube.list("Pod", namespace)
             gone |= self.view.replace_jobs(jobs, jobs_version, scope)
             changed |= self.view.replace_pods(pods, pods_version, scope)
+            if self.workloads:
+                changed |= self._sweep_workloads(namespace, scope)
         job_count, pod_count = self.view.size()
         log.info("view filled from a listing: %d jobs, %d pods", job_count, pod_count)
         return changed, gone
+
+    def _sweep_workloads(self, namespace: Optional[str], scope: Optional[set[str]]) -> set[JobKey]:
+        try:
+            workloads, version = self.kube.list("Workload", namespace)
+        except ApiException as exc:
+            if exc.status == 404:  # Kueue's CRDs are not installed (yet): no Workload to know of
+                return set()
+            raise
+        return self.view.replace_workloads(workloads, version, scope)

@@ -272,3 +272,14 @@ def test_view_keeps_kueue_labels_and_the_owned_workload(manifest):
     assert view.workload("team-a", "demo", "a-namesake-uid") is None
     assert view.observe_workload(body, deleted=True) == ("team-a", "demo")
     assert view.workload("team-a", "demo", UID) is None
+
+
+def test_a_relisting_forgets_a_workload_deleted_meanwhile():
+    view = ClusterView()
+    body = {"metadata": {"name": "demo-wl", "namespace": "team-a", "uid": "wl-uid", "resourceVersion": "5",
+                         "labels": {"llmtraining.dev/job-name": "demo"}, "ownerReferences": [{"uid": UID}]}, "status": {}}
+    view.observe_workload(body)
+    assert view.replace_workloads([body], "10") == set()  # still there, unchanged
+    assert view.replace_workloads([], "10", {"team-b"}) == set()  # another namespace's listing
+    assert view.replace_workloads([], "10") == {("team-a", "demo")}
+    assert view.workload("team-a", "demo", UID) is None
