@@ -12,7 +12,7 @@
 # and a serving certificate signed by the control plane's CA (Kueue's internal cert management is off).
 # Integrations: only "pod" (plain pods, pod groups), see docs/scheduling.md for why.
 #
-# Environment: LLMTO_CACHE, LLMTO_CP_DIR, GO as for hack/controlplane.sh. State in $LLMTO_CP_DIR/kueue/
+# Environment: LLMTO_CACHE, LLMTO_CP_DIR, GO as for hack/controlplane.sh; PYTHON: a python3 with PyYAML. State in $LLMTO_CP_DIR/kueue/
 # (config, pki, logs/kueue.log, pid).
 set -euo pipefail
 
@@ -152,7 +152,7 @@ EOC
 write_webhooks() {
   local mod src="${BUILD_DIR}/src"
   mod="$(cd "$src" && GOMODCACHE="${GO_CACHE_ROOT}/gomodcache" GOFLAGS=-mod=mod GOWORK=off "$GO" list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
-  python3 - "$mod/config/components/webhook/manifests.yaml" "https://127.0.0.1:${WEBHOOK_PORT}" "$PKI/ca.crt" \
+  "${PYTHON:-python3}" - "$mod/config/components/webhook/manifests.yaml" "https://127.0.0.1:${WEBHOOK_PORT}" "$PKI/ca.crt" \
     "$WEBHOOK_CONFIG_PREFIX" >"${STATE_DIR}/webhooks.yaml" <<'EOP'
 import base64, json, sys, yaml
 source, base_url, ca_file, prefix = sys.argv[1:]

@@ -38,10 +38,11 @@ RECONCILE_THREADS = 16  # reconciles at once; they mostly wait for the API serve
 
 class JobLoops:
     def __init__(self, reconciler: Reconciler, progress_interval: float, fetch: Callable[[str], str] = fetch_metrics,
-                 namespaces: Optional[list[str]] = None):
+                 namespaces: Optional[list[str]] = None, kueue: bool = False):
+        """kueue: the jobs' Kueue Workloads are watched too (--kueue), so the view's listings include them."""
         self.reconciler = reconciler
         self.view: ClusterView = reconciler.view
-        self.sync = ViewSync(reconciler.kube, self.view, namespaces or None, self._swept, workloads=reconciler.settings.kueue)
+        self.sync = ViewSync(reconciler.kube, self.view, namespaces or None, self._swept, workloads=kueue)
         self.progress_interval = progress_interval
         self.fetch = fetch
         self._pokes: dict[JobKey, asyncio.Event] = {}

@@ -214,13 +214,16 @@ def _wait_for_admission(d: _Draft, pods: Sequence[Pod], admission: Admission, wo
     queue = queue_name(d.job)
     evicted = admission.evicted
     gang_exists = any(restart_of(p) == d.restarts for p in pods) or is_true(d.conditions, CREATED)
-    if evicted is not None and gang_exists:  # once: the next gang is a new incarnation
+    if gang_exists:  # evicted, or the Workload deleted under a running gang; once: the next gang is a new incarnation
         d.status["restarts"] = d.restarts + 1
         d.status.pop("restartTime", None)
         d.phase = "Pending"
-        message = (f"evicted by Kueue ({evicted.get('reason', 'Evicted')}: {evicted.get('message', '')}); the gang was stopped "
-                   f"(SIGTERM, so the trainer saved a checkpoint) and the job waits for admission again in LocalQueue {queue}")
-        d.condition(QUEUED, "True", evicted.get("reason") or "Evicted", message, event=None)
+        reason = (evicted.get("reason") or "Evicted") if evicted is not None else "AdmissionLost"
+        cause = (f"evicted by Kueue ({reason}: {evicted.get('message', '')})" if evicted is not None
+                 else "its Kueue Workload is no longer admitted" + ("" if admission.exists else " (it was deleted)"))
+        message = (f"{cause}; the gang was stopped (SIGTERM, so the trainer saved a checkpoint) and the job waits for "
+                   f"admission again in LocalQueue {queue}")
+        d.condition(QUEUED, "True", reason, message, event=None)
         d.events.append(Event("Warning", "Evicted", message))
         d.condition(CREATED, "False", "Evicted", message)
         d.condition(RUNNING, "False", "Evicted", message)

@@ -71,7 +71,8 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
     kube = Kube(client.ApiClient(configuration))
     reconciler = Reconciler(kube=kube, view=ClusterView(), ctx=RenderContext(cluster_domain=cluster_domain), emit=kube.post_event,
                             generate_ssh_keys=generate_job_keys, settings=lifecycle or LifecycleSettings())
-    handlers.install(JobLoops(reconciler, progress_interval, namespaces=namespaces), kueue=reconciler.settings.kueue)
+    kueue_on = reconciler.settings.kueue
+    handlers.install(JobLoops(reconciler, progress_interval, namespaces=namespaces, kueue=kueue_on), kueue=kueue_on)
 
     if metrics_port:
         prometheus_client.start_http_server(metrics_port)

@@ -30,7 +30,7 @@ E2E_ROLE = "llm-training-operator-e2e-kueue"
 
 
 def _script(cmd: str, cp, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(KUEUE_SCRIPT), cmd], env={**cp._script_env, "LLMTO_CP_DIR": cp.state_dir},
+    return subprocess.run(["bash", str(KUEUE_SCRIPT), cmd], env={**cp._script_env, "LLMTO_CP_DIR": cp.state_dir, "PYTHON": sys.executable},
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 

@@ -209,6 +209,15 @@ def test_eviction_stops_the_gang_uncounted_then_releases_the_quota(make_job):
     assert readmitted.status["suspendedSeconds"] == 30  # queued again from 10 s to 40 s: not counted by the deadline
 
 
+def test_workload_deleted_under_a_running_gang_stops_it_and_queues_again(make_job):
+    job = make_job()
+    lost = run(job, gang(), running_queued(job), now=10, wl=None)
+    assert sorted(lost.delete_pods) == ["demo-worker-0", "demo-worker-1"] and lost.create_workload
+    assert lost.status["restarts"] == 1 and lost.status["countedRestarts"] == 0
+    assert conditions(lost.status)["Queued"] == ("True", "AdmissionLost")
+    assert "(it was deleted)" in next(c["message"] for c in lost.status["conditions"] if c["type"] == "Queued")
+
+
 def test_eviction_of_a_job_not_yet_running_gives_the_quota_back_at_once(make_job):
     job = make_job()
     queued = run(job, [], wl=PENDING)
