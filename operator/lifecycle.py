@@ -26,8 +26,8 @@ from .api import LLMTrainingJob
 from .api.contract import parse_final_state
 from .clock import parse_time, rfc3339, seconds_between
 from .conditions import CREATED, FAILED, QUEUED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, find, is_true, set_condition
-from .kueue import Admission, admission_of, finish_patch, queue_name, release_quota_patch
 from .failures import Failure, action_for, deleted_pod, failed_pod, first_of, node_lost, stalled, vanished_pod
+from .kueue import Admission, admission_of, finish_patch, queue_name, release_quota_patch
 from .pods import (
     Pod,
     has_failed,
@@ -172,6 +172,8 @@ def _decide(d: _Draft, pods: Sequence[Pod], observed_since: datetime, reported: 
     if d.phase in TERMINAL_PHASES:
         return _finished(d, pods)
     if job.spec.run_policy.suspend:
+        if queued:  # its Workload goes (_settle_workload): on resume it queues afresh
+            d.clear(QUEUED, "JobSuspended", "runPolicy.suspend is true: the job left the queue (its Workload was deleted)")
         return _suspend(d, pods)
     if d.phase == "Suspended":
         _resume(d)

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Mapping, Optional
 
-from . import metrics
+from kubernetes.client.exceptions import ApiException
+
+from . import kueue, metrics
 from .api import SpecError, parse_job
 from .clock import rfc3339, utcnow
 from .conditions import FAILED, set_condition
@@ -25,7 +27,6 @@ from .kube import Kube, NamespaceTerminating
 from .lifecycle import Decision, Event, LifecycleSettings, decide, status_patch
 from .pods import name_of
 from .progress import ScrapeTarget, scrape_target
-from . import kueue
 from .render import RenderContext, build_worker_pod, render_children
 from .view import ClusterView
 from .writers import CREATE, FINISH, Writers
@@ -188,7 +189,15 @@ class Reconciler:
     def _create_workload(self, job, restart: int) -> None:
         """The job's Kueue Workload: the podSet's template is the worker pod the gang would get."""
         pclass = kueue.priority_class(job)
-        priority = self.kube.workload_priority(pclass) if pclass else None  # an absent class: retried, like Kueue's jobs
+        try:
+            priority = self.kube.workload_priority(pclass) if pclass else None
+        except ApiException as exc:
+            if exc.status == 404:  # said on the job, and retried with backoff (the class may be created later)
+                meta = job.metadata
+                self.emit({"metadata": {"namespace": meta.namespace, "name": meta.name, "uid": meta.uid}},
+                          Event("Warning", "WorkloadPriorityClassNotFound", f"WorkloadPriorityClass {pclass} (label {kueue.PRIORITY_CLASS_LABEL}) "
+                                "does not exist: the job cannot be queued until it does"))
+            raise
         workload = kueue.build_workload(job, build_worker_pod(job, 0, self.ctx, restart), priority)
         created, current = self.kube.create_if_absent(workload)
         self.view.observe_workload(current)

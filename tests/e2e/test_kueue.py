@@ -158,8 +158,8 @@ def test_queued_job_waits_then_its_whole_gang_is_admitted(control_plane, operato
     wl = workload(cp, namespace, "queued")
     assert wl["spec"]["queueName"] == LOCAL_QUEUE and wl["spec"]["podSets"][0]["count"] == 3
     assert wl["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
-    cp.wait_for(lambda: "LocalQueue" in condition(get_job(cp, namespace, "queued"), "Queued").get("message", "").split(":", 1)[-1],
-                timeout=30, what="Kueue's reason in the Queued message")
+    cp.wait_for(lambda: condition(get_job(cp, namespace, "queued"), "Queued").get("message", "").endswith(
+                f": LocalQueue {LOCAL_QUEUE} doesn't exist"), timeout=30, what="Kueue's reason in the Queued message")
     time.sleep(3)
     assert job_pods(cp, namespace, "queued") == []  # nothing runs before admission
 

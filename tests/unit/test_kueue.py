@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from llm_operator import kueue
 from llm_operator.api import parse_job
 from llm_operator.lifecycle import decide
+from llm_operator.reconcile import Reconciler
 from llm_operator.render import RenderContext, build_worker_pod
 from llm_operator.view import ClusterView, slim_job
 
 from test_lifecycle import SETTINGS, UID, at, conditions, gang, pod, ts
+from test_reconcile import FakeKube, reconcile
 
 KUEUE_SETTINGS = replace(SETTINGS, kueue=True)
 QUEUE = "team-queue"
@@ -249,9 +253,12 @@ def test_suspended_queued_job_deletes_its_workload_and_queues_again_on_resume(ma
     running = running_queued(job)
     suspended = run(make_job(suspend=True), gang(), running, now=10, wl=ADMITTED)
     assert suspended.delete_workload and suspended.status["phase"] == "Suspended"
+    assert conditions(suspended.status)["Queued"] == ("False", "JobSuspended")
     resumed = run(job, [], suspended.status, now=20, wl=None)
     assert resumed.create_workload and not resumed.create_pods
     assert conditions(resumed.status)["Queued"] == ("True", "WaitingForAdmission")
+    readmitted = run(job, [], resumed.status, now=25, wl=ADMITTED)
+    assert readmitted.create_pods and readmitted.status["suspendedSeconds"] == 15  # 10 s suspended, 5 s queued: each once
 
 
 @pytest.mark.parametrize("settings, labelled, previous, expect_queued", [
@@ -292,3 +299,92 @@ def test_a_relisting_forgets_a_workload_deleted_meanwhile():
     assert view.replace_workloads([], "10", {"team-b"}) == set()  # another namespace's listing
     assert view.replace_workloads([], "10") == {("team-a", "demo")}
     assert view.workload("team-a", "demo", UID) is None
+
+
+# ======================================================================= the reconciler (fake API server)
+class KueueKube(FakeKube):
+    """The fake API server of test_reconcile.py, with Kueue's objects: Workloads in the view as the watch
+    brings them, WorkloadPriorityClasses and ResourceFlavors to read."""
+
+    priorities = {"high": 1000}
+    flavors = {"h100": {"spec": {"nodeLabels": {"gpu": "h100"}, "tolerations": [{"key": "reserved", "operator": "Exists"}]}}}
+
+    def create_if_absent(self, obj):
+        created, current = super().create_if_absent(obj)
+        if obj["kind"] == "Workload":
+            self.view.observe_workload(copy.deepcopy(current))
+        return created, current
+
+    def workload_priority(self, name):
+        if name not in self.priorities:
+            raise ApiException(status=404, reason="Not Found")
+        return self.priorities[name]
+
+    def resource_flavor(self, name):
+        return self.flavors[name]
+
+    def workload(self):
+        return next(o for (kind, _), o in self.objects.items() if kind == "Workload")
+
+    def kueue_sets(self, *conds, admission=None):
+        """Kueue writes the Workload's status."""
+        wl = self.workload()
+        wl["status"] = {"conditions": [{"type": t, "status": s, "reason": r, "message": r} for t, s, r in conds]}
+        if admission:
+            wl["status"]["admission"] = admission
+        self.view.observe_workload(copy.deepcopy(self._stamp(wl)))
+
+    def patch_workload_status(self, namespace, name, patch):
+        self.calls.append(("workload-status", name))
+        wl = self.objects[("Workload", name)]
+        status = {**wl.get("status", {}), **patch["status"]}
+        wl["status"] = {k: v for k, v in status.items() if v is not None}
+        return copy.deepcopy(self._stamp(wl))
+
+    def delete_workload(self, namespace, name):
+        self.calls.append(("delete-workload", name))
+        self.objects.pop(("Workload", name))
+
+
+def kueue_reconciler(body):
+    view = ClusterView()
+    events: list = []
+    reconciler = Reconciler(kube=KueueKube(body, view), view=view, ctx=RenderContext(), emit=lambda b, e: events.append(e),
+                            generate_ssh_keys=lambda: {}, settings=KUEUE_SETTINGS)
+    return reconciler, events
+
+
+ADMISSION = {"clusterQueue": "cq", "podSetAssignments": [{"name": "workers", "flavors": {"nvidia.com/gpu": "h100"}, "count": 2}]}
+
+
+def test_reconciler_queues_places_evicts_and_finishes(manifest):
+    manifest["metadata"]["labels"] = {kueue.QUEUE_NAME_LABEL: QUEUE, kueue.PRIORITY_CLASS_LABEL: "high"}
+    reconciler, events = kueue_reconciler(manifest)
+    kube = reconciler.kube
+    reconcile(reconciler, manifest)
+    wl = kube.workload()
+    assert wl["spec"]["priority"] == 1000 and kube.pods() == []
+    assert manifest["status"]["phase"] == "Pending" and [e.reason for e in events] == ["WaitingForAdmission"]
+
+    kube.kueue_sets(("QuotaReserved", "True", "QuotaReserved"), ("Admitted", "True", "Admitted"), admission=ADMISSION)
+    reconcile(reconciler, manifest)
+    assert len(kube.pods()) == 2
+    for worker in kube.pods():
+        assert worker["spec"]["nodeSelector"] == {"gpu": "h100"} and {"key": "reserved", "operator": "Exists"} in worker["spec"]["tolerations"]
+
+    kube.kueue_sets(("QuotaReserved", "True", "QuotaReserved"), ("Admitted", "True", "Admitted"), ("Evicted", "True", "Preempted"),
+                    admission=ADMISSION)
+    kube.calls.clear()
+    reconcile(reconciler, manifest)  # the fake deletes pods at once: the quota goes back in the next reconcile
+    assert kube.pods() == [] and [c[0] for c in kube.calls] == ["status", "delete", "delete"]
+    reconcile(reconciler, manifest)
+    assert kube.calls[-1][0] == "workload-status" and "admission" not in kube.workload()["status"]
+    assert manifest["status"]["restarts"] == 1 and manifest["status"]["countedRestarts"] == 0
+
+
+def test_missing_priority_class_is_told_on_the_job_and_retried(manifest):
+    manifest["metadata"]["labels"] = {kueue.QUEUE_NAME_LABEL: QUEUE, kueue.PRIORITY_CLASS_LABEL: "nonexistent"}
+    reconciler, events = kueue_reconciler(manifest)
+    with pytest.raises(ApiException):
+        reconcile(reconciler, manifest)
+    assert [e.reason for e in events] == ["WorkloadPriorityClassNotFound"] and "nonexistent" in events[0].message
