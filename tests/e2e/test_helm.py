@@ -176,7 +176,7 @@ def test_non_default_values_pass_server_side_validation(control_plane: ControlPl
         values = values_file(
             tmp_path, watchNamespaces=[namespace, other], logLevel="debug", logFormat="plain",
             clusterDomain="k8s.example", extraArgs=["--verbose"], extraEnv=[{"name": "A", "value": "b"}],
-            podAnnotations={"a": "b"}, podLabels={"team": "ml"}, priorityClassName="system-cluster-critical",
+            podAnnotations={"a": "b"}, podLabels={"team": "ml"}, priorityClassName="system-cluster-critical", kueue={"enabled": True},
             image={"repository": "registry.example/op", "tag": "dev", "pullPolicy": "Always"},
             metrics={"port": 9100, "service": {"annotations": {"prometheus.io/scrape": "true"}}},
             monitoring={"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True},
