@@ -133,7 +133,8 @@ leaderElection:
 # the serving certificate is ours (signed by the control plane's CA); no Secret, no Service to patch
 internalCertManagement:
   enable: false
-# only jobs that name a LocalQueue are queued
+# only jobs that name a LocalQueue are queued; managedJobsNamespaceSelector is left at Kueue's default (all but
+# kube-system and kueue-system): it scopes Kueue's own integrations, and the operator's Workloads need none
 manageJobsWithoutQueueName: false
 integrations:
   # The operator manages its jobs' Workloads itself (docs/scheduling.md): no built-in integration is needed.
