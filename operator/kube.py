@@ -52,11 +52,17 @@ def path_of(kind: str, namespace: Optional[str], name: Optional[str] = None) -> 
         base, plural = "/api/v1", _CORE_PLURALS[kind]
     elif kind == KIND:
         base, plural = f"/apis/{GROUP}/{VERSION}", PLURAL
-    elif kind == "Workload":
-        base, plural = f"/apis/{kueue.API_VERSION}", kueue.WORKLOAD_PLURAL
+    elif kind == "Workload":  # Kueue's (kueue.x-k8s.io): the only Workload kind the operator creates
+        return kueue_path(namespace, name)
     else:
         raise ValueError(f"no path for kind {kind}")
     path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+def kueue_path(namespace: Optional[str], name: Optional[str] = None, plural: str = kueue.WORKLOAD_PLURAL) -> str:
+    """The REST path of Kueue's Workloads (in a namespace, or across all with None), or of a cluster-scoped Kueue kind."""
+    path = f"/apis/{kueue.API_VERSION}" + (f"/namespaces/{namespace}" if namespace else "") + f"/{plural}"
     return f"{path}/{name}" if name else path
 
 
@@ -161,22 +167,22 @@ class Kube:
     def patch_workload_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """A JSON merge patch of a Workload's status subresource (its metadata.resourceVersion, if given, is a
         precondition: 409 Conflict if Kueue wrote meanwhile); the Workload as it is now."""
-        return self.request("PATCH", path_of("Workload", namespace, name) + "/status", patch, content_type="application/merge-patch+json")
+        return self.request("PATCH", kueue_path(namespace, name) + "/status", patch, content_type="application/merge-patch+json")
 
     def delete_workload(self, namespace: str, name: str) -> None:
         try:
-            self.request("DELETE", path_of("Workload", namespace, name))
+            self.request("DELETE", kueue_path(namespace, name))
         except ApiException as exc:
             if exc.status != 404:
                 raise
 
     def resource_flavor(self, name: str) -> dict[str, Any]:
         """A ResourceFlavor (cluster-scoped): its nodeLabels and tolerations place an admitted gang."""
-        return self.request("GET", f"/apis/{kueue.API_VERSION}/resourceflavors/{name}")
+        return self.request("GET", kueue_path(None, name, "resourceflavors"))
 
     def workload_priority(self, name: str) -> int:
         """The value of a WorkloadPriorityClass (cluster-scoped)."""
-        return int(self.request("GET", f"/apis/{kueue.API_VERSION}/workloadpriorityclasses/{name}")["value"])
+        return int(self.request("GET", kueue_path(None, name, "workloadpriorityclasses"))["value"])
 
     # ------------------------------------------------------------------------------------------- reads
     def list(self, kind: str, namespace: Optional[str] = None) -> tuple[list[dict[str, Any]], str]:
@@ -189,7 +195,8 @@ class Kube:
         page: dict[str, Any] = {"metadata": {}}
         while True:
             cont = page["metadata"].get("continue")
-            page = self.request("GET", path_of(kind, namespace), query=query + ([("continue", cont)] if cont else []))
+            collection = kueue_path(namespace) if kind == "Workload" else path_of(kind, namespace)
+            page = self.request("GET", collection, query=query + ([("continue", cont)] if cont else []))
             items += page["items"]
             if not page["metadata"].get("continue"):
                 return items, page["metadata"].get("resourceVersion", "")

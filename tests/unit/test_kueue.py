@@ -388,3 +388,11 @@ def test_missing_priority_class_is_told_on_the_job_and_retried(manifest):
     with pytest.raises(ApiException):
         reconcile(reconciler, manifest)
     assert [e.reason for e in events] == ["WorkloadPriorityClassNotFound"] and "nonexistent" in events[0].message
+
+
+def test_kueue_paths():
+    from llm_operator.kube import kueue_path, path_of
+
+    assert path_of("Workload", "team-a", "w") == kueue_path("team-a", "w") == "/apis/kueue.x-k8s.io/v1beta2/namespaces/team-a/workloads/w"
+    assert kueue_path(None) == "/apis/kueue.x-k8s.io/v1beta2/workloads"
+    assert kueue_path(None, "high", "workloadpriorityclasses") == "/apis/kueue.x-k8s.io/v1beta2/workloadpriorityclasses/high"
