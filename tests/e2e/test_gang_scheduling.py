@@ -174,3 +174,32 @@ def test_operator_creates_volcano_and_coscheduling_pod_groups(control_plane, ope
         assert pod["spec"]["schedulerName"] == scheduler_name and not pod["spec"].get("nodeName")
         named = {**pod["metadata"].get("labels", {}), **pod["metadata"].get("annotations", {})}
         assert named.get({"volcano": "scheduling.k8s.io/group-name", "coscheduling": "scheduling.x-k8s.io/pod-group"}[scheduler]) == "pg"
+
+
+def test_a_worker_preempted_by_the_scheduler_restarts_the_gang_uncounted(control_plane, operator, namespace):
+    """A higher-priority pod takes a worker's GPUs: the scheduler marks the victim DisruptionTarget and deletes it; the
+    gang restarts without counting (backoffLimit 0 would fail it otherwise), and the new gang, which no longer fits,
+    waits whole."""
+    cp = control_plane
+    cp.apply([
+        {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "e2e-training-low"}, "value": 100},
+        {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "e2e-urgent"}, "value": 100000},
+    ])
+    cp.apply(job_manifest("victim", nodes=3, slots=8, runPolicy={"backoffLimit": 0},
+                          podTemplate={"nodeSelector": {"type": "kwok"}, "priorityClassName": "e2e-training-low"}), namespace)
+    wait_phase(cp, operator, namespace, "victim", "Running")
+    cp.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "urgent"},
+              "spec": {"priorityClassName": "e2e-urgent", "nodeSelector": {"type": "kwok"}, "tolerations": [cp.GPU_TOLERATION],
+                       "restartPolicy": "Never", "containers": [{"name": "c", "image": "urgent:1",
+                                                                 "resources": {"limits": {"nvidia.com/gpu": "8"}}}]}}, namespace)
+    job = cp.wait_for(lambda: (j := get_job(cp, namespace, "victim"))["status"].get("restarts") == 1 and j, timeout=90,
+                      what="the gang restarted after the preemption")
+    assert job["status"]["countedRestarts"] == 0 and job["status"]["phase"] != "Failed"
+    assert job["status"]["failure"]["reason"] in ("Preempted", "PodDeleted")  # whether the operator saw the condition or only the deletion
+    cp.wait_for(lambda: cp.get_json("pod", "urgent", "-n", namespace)["spec"].get("nodeName"), timeout=60, what="the urgent pod bound")
+    pods = cp.wait_for(lambda: (p := job_pods(cp, namespace, "victim")) and len(p) == 3 and unschedulable(p) and p,
+                       timeout=60, what="the new gang created and tried")
+    assert all(p["metadata"]["labels"]["llmtraining.dev/restart"] == "1" for p in pods)
+    time.sleep(SETTLE_SECONDS)
+    assert bound(job_pods(cp, namespace, "victim")) == [], "16 GPUs are left for a gang of 24: none may be bound"
+    print(f"\npreempted: failure {job['status']['failure']['reason']}, restarts 1, counted 0; the new gang waits whole")
