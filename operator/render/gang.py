@@ -30,6 +30,9 @@ GANG_KINDS = ("Workload", "PodGroup")
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"  # volcano.sh/apis KubeGroupNameAnnotationKey
 COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"  # scheduler-plugins apis/scheduling/v1alpha1 PodGroupLabel
 WORKLOAD_TEMPLATE = "workers"  # the Workload's one pod group template
+# A DeepSpeed gang lost one worker is lost whole (the operator restarts it): the scheduler's preemption should weigh
+# the whole gang as one unit, not take one worker as if the rest were spared.
+DISRUPT_ALL = {"all": {}}
 
 REASON_OF = {"kubernetes": "KubernetesWorkload", "volcano": "VolcanoPodGroup", "coscheduling": "CoschedulingPodGroup"}
 DISABLED, UNAVAILABLE = "Disabled", "GangSchedulingUnavailable"
@@ -102,7 +105,8 @@ def build_workload(job: LLMTrainingJob, plan: GangPlan) -> dict:
         "metadata": object_meta(job, gang_name(job), role="gang"),
         "spec": {
             "controllerRef": {"apiGroup": GROUP, "kind": KIND, "name": job.metadata.name},
-            "podGroupTemplates": [{"name": WORKLOAD_TEMPLATE, "schedulingPolicy": {"gang": {"minCount": plan.min_member}}, **_priority(job)}],
+            "podGroupTemplates": [{"name": WORKLOAD_TEMPLATE, "schedulingPolicy": {"gang": {"minCount": plan.min_member}},
+                                   "disruptionMode": DISRUPT_ALL, **_priority(job)}],
         },
     }
 
@@ -115,6 +119,7 @@ def build_kubernetes_pod_group(job: LLMTrainingJob, plan: GangPlan) -> dict:
         "spec": {
             "workloadRef": {"workloadName": gang_name(job), "templateName": WORKLOAD_TEMPLATE},
             "schedulingPolicy": {"gang": {"minCount": plan.min_member}},
+            "disruptionMode": DISRUPT_ALL,
             **_priority(job),
         },
     }

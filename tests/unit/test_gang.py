@@ -120,10 +120,12 @@ def test_kubernetes_workload_and_pod_group(manifest):
     assert workload["metadata"]["name"] == pod_group["metadata"]["name"] == "demo"
     assert workload["spec"] == {
         "controllerRef": {"apiGroup": "llmtraining.dev", "kind": "LLMTrainingJob", "name": "demo"},
-        "podGroupTemplates": [{"name": "workers", "schedulingPolicy": {"gang": {"minCount": 2}}, "priorityClassName": "training-high"}],
+        "podGroupTemplates": [{"name": "workers", "schedulingPolicy": {"gang": {"minCount": 2}}, "disruptionMode": {"all": {}},
+                               "priorityClassName": "training-high"}],
     }
     assert pod_group["spec"] == {"workloadRef": {"workloadName": "demo", "templateName": "workers"},
-                                 "schedulingPolicy": {"gang": {"minCount": 2}}, "priorityClassName": "training-high"}
+                                 "schedulingPolicy": {"gang": {"minCount": 2}}, "disruptionMode": {"all": {}},
+                                 "priorityClassName": "training-high"}
 
 
 @pytest.mark.parametrize("scheduler, api", [("volcano", VOLCANO_API), ("coscheduling", COSCHEDULING_API)])
