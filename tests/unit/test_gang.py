@@ -223,3 +223,20 @@ def test_reconciler_fails_a_job_whose_gang_scheduler_is_not_served(manifest):
     assert manifest["status"]["phase"] == "Failed"
     assert manifest["status"]["failure"]["reason"] == "GangSchedulingUnavailable"
     assert any(e.type == "Warning" and e.reason == "GangSchedulingUnavailable" for e in events)
+
+
+@pytest.mark.parametrize("flag, kinds", [((), []), (("--gang-scheduler", "kubernetes"), ["Workload", "PodGroup"]),
+                                         (("--gang-scheduler", "volcano"), ["PodGroup"])])
+def test_render_cli_prints_the_gang_objects_of_the_chosen_default(tmp_path, manifest, flag, kinds):
+    """`llm-operator render` asks no cluster: auto means none there; --gang-scheduler says which to show."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    result = subprocess.run([sys.executable, "-m", "llm_operator.cli", "render", "-f", str(path), *flag], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    documents = list(yaml.safe_load_all(result.stdout))
+    assert [d["kind"] for d in documents if d["kind"] in ("Workload", "PodGroup")] == kinds
