@@ -4,9 +4,12 @@ what the worker pods carry, the GangScheduled condition, and the reconciler crea
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import pytest
+import yaml
 
 from llm_operator.api import SpecError, parse_job
 from llm_operator.conditions import GANG_SCHEDULED, find
@@ -229,11 +232,6 @@ def test_reconciler_fails_a_job_whose_gang_scheduler_is_not_served(manifest):
                                          (("--gang-scheduler", "volcano"), ["PodGroup"])])
 def test_render_cli_prints_the_gang_objects_of_the_chosen_default(tmp_path, manifest, flag, kinds):
     """`llm-operator render` asks no cluster: auto means none there; --gang-scheduler says which to show."""
-    import subprocess
-    import sys
-
-    import yaml
-
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(manifest))
     result = subprocess.run([sys.executable, "-m", "llm_operator.cli", "render", "-f", str(path), *flag], capture_output=True, text=True)
