@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 from .api import LLMTrainingJob
 from .api.contract import parse_final_state
 from .clock import parse_time, rfc3339, seconds_between
-from .conditions import CREATED, FAILED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, find, is_true, set_condition
+from .conditions import CREATED, FAILED, GANG_SCHEDULED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, find, is_true, set_condition
 from .failures import Failure, action_for, deleted_pod, failed_pod, first_of, node_lost, stalled, vanished_pod
 from .pods import (
     Pod,
@@ -40,6 +40,7 @@ from .pods import (
     restart_of,
     terminated_state,
 )
+from .render.gang import GangPlan
 from .render.names import checkpoint_dir, worker_name
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -140,10 +141,11 @@ class _Draft:
 # ============================================================================================ decide
 def decide(job: LLMTrainingJob, generation: Optional[int], pods: Sequence[Pod], previous: Optional[Mapping[str, Any]], now: datetime, *,
            observed_since: datetime, reported: Optional[Mapping[str, Any]] = None,
-           settings: LifecycleSettings = LifecycleSettings()) -> Decision:
+           settings: LifecycleSettings = LifecycleSettings(), gang_plan: Optional[GangPlan] = None) -> Decision:
     """pods: every pod the job owns, of any gang. observed_since: when this operator process began watching the
     job (a stall is never judged on time it did not watch). reported: rank 0's metrics (progress.parse_progress)
-    with the UID of the pod they were read from."""
+    with the UID of the pod they were read from. gang_plan: the job's gang scheduler (render.gang.plan_gang),
+    reported in the GangScheduled condition; one the cluster cannot serve fails the job."""
     d = _Draft(job, generation, previous or {}, now)
     gang = [p for p in pods if restart_of(p) == d.restarts]
     leftovers = [p for p in pods if restart_of(p) != d.restarts]
@@ -154,6 +156,10 @@ def decide(job: LLMTrainingJob, generation: Optional[int], pods: Sequence[Pod], 
 
     if d.phase in TERMINAL_PHASES:
         return _finished(d, pods)
+    if gang_plan is not None:
+        _gang_scheduled(d, gang_plan)
+        if not gang_plan.available:
+            return _fail_gang_unavailable(d, gang_plan, pods)
     if job.spec.run_policy.suspend:
         return _suspend(d, pods)
     if d.phase == "Suspended":
@@ -395,6 +401,20 @@ def _fail(d: _Draft, failure: Failure, reason: str, message: str, gang: Sequence
     d.condition(RUNNING, "False", reason, message)
     d.condition(FAILED, "True", reason, message, "Warning")
     return _finished(d, gang)
+
+
+def _gang_scheduled(d: _Draft, plan: GangPlan) -> None:
+    """GangScheduled: True with the scheduler as reason, False when none binds the gang; an Event when it is first said."""
+    before = find(d.conditions, GANG_SCHEDULED)
+    d.condition(GANG_SCHEDULED, "True" if plan.grouped and plan.available else "False", plan.reason, plan.message, event=None)
+    if before is None or before.get("reason") != plan.reason:
+        d.events.append(Event("Normal" if plan.available else "Warning", plan.reason, plan.message))
+
+
+def _fail_gang_unavailable(d: _Draft, plan: GangPlan, pods: Sequence[Pod]) -> Decision:
+    """A gang scheduler the cluster does not serve: fail at once, by name, rather than run the gang ungrouped."""
+    d.stop([p for p in pods if not is_finished(p)])
+    return _fail(d, Failure(reason=plan.reason, message=plan.message, matches_rules=False), plan.reason, plan.message, pods)
 
 
 def _fail_deadline(d: _Draft, pods: Sequence[Pod]) -> Decision:
