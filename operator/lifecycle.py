@@ -40,7 +40,7 @@ from .pods import (
     restart_of,
     terminated_state,
 )
-from .render.gang import GangPlan
+from .render.gang import UNAVAILABLE, GangPlan
 from .render.names import checkpoint_dir, worker_name
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -404,11 +404,13 @@ def _fail(d: _Draft, failure: Failure, reason: str, message: str, gang: Sequence
 
 
 def _gang_scheduled(d: _Draft, plan: GangPlan) -> None:
-    """GangScheduled: True with the scheduler as reason, False when none binds the gang; an Event when it is first said."""
+    """GangScheduled: True with the scheduler as reason, False when none binds the gang. A Warning Event only when the
+    gang scheduling a user may count on is missing (a job that named it fails, and its failure Event says so): the
+    condition says the rest without a write per job."""
     before = find(d.conditions, GANG_SCHEDULED)
     d.condition(GANG_SCHEDULED, "True" if plan.grouped and plan.available else "False", plan.reason, plan.message, event=None)
-    if before is None or before.get("reason") != plan.reason:
-        d.events.append(Event("Normal" if plan.available else "Warning", plan.reason, plan.message))
+    if plan.reason == UNAVAILABLE and plan.available and (before is None or before.get("reason") != plan.reason):
+        d.events.append(Event("Warning", plan.reason, plan.message))
 
 
 def _fail_gang_unavailable(d: _Draft, plan: GangPlan, pods: Sequence[Pod]) -> Decision:

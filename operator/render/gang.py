@@ -32,7 +32,7 @@ COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"  # scheduler-plugins 
 WORKLOAD_TEMPLATE = "workers"  # the Workload's one pod group template
 # A DeepSpeed gang lost one worker is lost whole (the operator restarts it): the scheduler's preemption should weigh
 # the whole gang as one unit, not take one worker as if the rest were spared.
-DISRUPT_ALL = {"all": {}}
+DISRUPT_ALL: dict[str, dict[str, str]] = {"all": {}}  # the scheduler evicts the gang as one unit
 
 REASON_OF = {"kubernetes": "KubernetesWorkload", "volcano": "VolcanoPodGroup", "coscheduling": "CoschedulingPodGroup"}
 DISABLED, UNAVAILABLE = "Disabled", "GangSchedulingUnavailable"

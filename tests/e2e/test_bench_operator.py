@@ -24,8 +24,8 @@ def test_benchmark_smoke_counts_the_operators_requests(tmp_path):
     requests = result["requests_per_job"]
     assert requests["by_verb_resource"]["create pods"] == workers  # exactly one create per worker: no retry, no duplicate
     # + ConfigMap, Service, the gang's Workload and PodGroup (the harness serves the Workload API), status Created and
-    # Running, their 2 Events and GangScheduled's
-    assert requests["writes"] == workers + 9
+    # Running, and their 2 Events
+    assert requests["writes"] == workers + 8
     assert "get llmtrainingjobs" not in requests["by_verb_resource"]  # the job comes from the watch
     assert result["noop_events"] == jobs * workers and result["requests_for_noop_events"] == 0
     assert result["requests_while_quiet"] == 0
