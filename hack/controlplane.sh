@@ -23,6 +23,10 @@
 #   LLMTO_CP_AUDIT           "1": the API server writes an audit log (one JSON line per request, metadata only,
 #                            the control plane's own components left out) to logs/audit.log; policy in
 #                            hack/controlplane/audit-policy.yaml. Off by default (it costs API server CPU).
+#   LLMTO_CP_FEATURE_GATES   feature gates of the API server, controller-manager and scheduler (default GenericWorkload=true:
+#                            kube-scheduler's own gang scheduling, the scheduling.k8s.io/v1beta1 Workload and PodGroup
+#                            APIs, which the API server then serves, and the controller-manager's PodGroup protection
+#                            controller that removes their finalizer). Empty: none.
 #   LLMTO_CP_APISERVER_PORT, LLMTO_CP_ETCD_PORT, LLMTO_CP_ETCD_PEER_PORT   fixed ports (default: free ones)
 #   GO                       go binary (default: go on PATH)
 #
@@ -62,6 +66,12 @@ VERSIONS_HASH="$(printf '%s\n' "$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$
 BUILD_DIR="${CACHE_ROOT}/${VERSIONS_HASH}"
 BIN_DIR="${BUILD_DIR}/bin"
 STATE_DIR="${LLMTO_CP_DIR:-/tmp/llmto-controlplane}"
+FEATURE_GATES="${LLMTO_CP_FEATURE_GATES-GenericWorkload=true}"
+# A beta API is off unless asked for: serve the gang scheduling group version when its gate is on.
+gate_flags() { [[ -n "$FEATURE_GATES" ]] && echo "--feature-gates=${FEATURE_GATES}"; return 0; }
+runtime_config_flags() {
+  [[ ",${FEATURE_GATES}," == *",GenericWorkload=true,"* ]] && echo "--runtime-config=scheduling.k8s.io/v1beta1=true"; return 0
+}
 
 log() { printf '[controlplane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -377,6 +387,7 @@ start_apiserver() {
     --service-cluster-ip-range=10.0.0.0/24 \
     --authorization-mode=Node,RBAC \
     --enable-admission-plugins=NodeRestriction \
+    $(gate_flags) $(runtime_config_flags) \
     --allow-privileged=true \
     --endpoint-reconciler-type=none \
     --event-ttl=30m --profiling=false \
@@ -396,6 +407,7 @@ start_controller_manager() {
     --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
     --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
     --leader-elect=false --profiling=false \
+    $(gate_flags) \
     --v=1
   wait_for "kube-controller-manager /healthz" 60 kube-controller-manager \
     curl -skf --max-time 2 "https://127.0.0.1:${KCM_PORT}/healthz"
@@ -409,6 +421,7 @@ start_scheduler() {
     --bind-address=127.0.0.1 --secure-port="${SCHEDULER_PORT}" \
     --tls-cert-file="$PKI/scheduler-serving.crt" --tls-private-key-file="$PKI/scheduler-serving.key" \
     --leader-elect=false --profiling=false \
+    $(gate_flags) \
     --v=1
   wait_for "kube-scheduler /healthz" 60 kube-scheduler \
     curl -skf --max-time 2 "https://127.0.0.1:${SCHEDULER_PORT}/healthz"

@@ -25,7 +25,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
         job = load_job_file(args.filename)
         if args.namespace:
             job.metadata.namespace = args.namespace
-        children = render_children(job, RenderContext(cluster_domain=args.cluster_domain))
+        children = render_children(job, RenderContext(cluster_domain=args.cluster_domain, default_gang_scheduler=args.gang_scheduler))
     except (SpecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -45,7 +45,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                   node_lost_grace_seconds=args.node_lost_grace, kueue=args.kueue)
     return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, health_port=args.health_port,
                         metrics_port=args.metrics_port, progress_interval=args.progress_interval,
-                        cluster_domain=args.cluster_domain, log_format=args.log_format, verbose=args.verbose, lifecycle=lifecycle)
+                        cluster_domain=args.cluster_domain, log_format=args.log_format, verbose=args.verbose, lifecycle=lifecycle,
+                        gang_scheduler=args.gang_scheduler, volcano_scheduler_name=args.volcano_scheduler_name,
+                        coscheduling_scheduler_name=args.coscheduling_scheduler_name)
+
+
+GANG_DEFAULTS = ("auto", "kubernetes", "volcano", "coscheduling", "none")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-f", "--filename", required=True, help="manifest with one LLMTrainingJob")
     render.add_argument("-n", "--namespace", help="namespace to render into (default: the manifest's, else default)")
     render.add_argument("--cluster-domain", default="cluster.local")
+    render.add_argument("--gang-scheduler", choices=GANG_DEFAULTS, default="auto",
+                        help="gang scheduler of a job that names none (auto: none here, with no cluster to ask)")
     render.set_defaults(func=_cmd_render)
 
     run = sub.add_parser("run", help="run the operator")
@@ -78,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="queue jobs labelled kueue.x-k8s.io/queue-name with Kueue: a Workload per job, no pods until it is admitted "
                           "(needs Kueue's CRDs and the chart's kueue RBAC rules; docs/scheduling.md)")
     run.add_argument("--cluster-domain", default="cluster.local")
+    run.add_argument("--gang-scheduler", choices=GANG_DEFAULTS, default="auto",
+                     help="gang scheduler of the jobs that leave spec.gang.scheduler unset; auto: kubernetes when the API server "
+                     "serves scheduling.k8s.io/v1beta1 Workload and PodGroup at start-up, else none")
+    run.add_argument("--volcano-scheduler-name", default="volcano", help="schedulerName of the pods of volcano gangs")
+    run.add_argument("--coscheduling-scheduler-name", default="scheduler-plugins-scheduler",
+                     help="schedulerName of the pods of coscheduling gangs (the scheduler that runs the coscheduling plugin)")
     run.add_argument("--log-format", choices=["json", "plain"], default="json")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = (10, 60)  # seconds to connect, to read: no request hangs on an API server that went away
 LIST_PAGE = 500
 _CORE_PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Secret": "secrets", "Pod": "pods", "Event": "events"}
+_GROUP_PLURALS = {"Workload": "workloads", "PodGroup": "podgroups"}  # the gang objects, in whichever API group (render/gang.py)
 
 
 class ForeignChild(Exception):
@@ -46,14 +47,15 @@ def is_namespace_terminating(exc: ApiException) -> bool:
     return any(cause.get("reason") == "NamespaceTerminating" for cause in details.get("causes") or [])
 
 
-def path_of(kind: str, namespace: Optional[str], name: Optional[str] = None) -> str:
-    """The REST path of a kind's collection (in a namespace, or across all with None), or of one object."""
+def path_of(kind: str, namespace: Optional[str], name: Optional[str] = None, api_version: Optional[str] = None) -> str:
+    """The REST path of a kind's collection (in a namespace, or across all with None), or of one object.
+    api_version: for the kinds that several API groups define (PodGroup)."""
     if kind in _CORE_PLURALS:
         base, plural = "/api/v1", _CORE_PLURALS[kind]
     elif kind == KIND:
         base, plural = f"/apis/{GROUP}/{VERSION}", PLURAL
-    elif kind == "Workload":  # Kueue's (kueue.x-k8s.io): the only Workload kind the operator creates
-        return kueue_path(namespace, name)
+    elif kind in _GROUP_PLURALS and api_version and "/" in api_version:
+        base, plural = f"/apis/{api_version}", _GROUP_PLURALS[kind]
     else:
         raise ValueError(f"no path for kind {kind}")
     path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
@@ -91,7 +93,7 @@ class Kube:
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create the object; the object as the API server stored it."""
         try:
-            return self.request("POST", path_of(obj["kind"], obj["metadata"]["namespace"]), obj)
+            return self.request("POST", path_of(obj["kind"], obj["metadata"]["namespace"], api_version=obj.get("apiVersion")), obj)
         except ApiException as exc:
             if is_namespace_terminating(exc):
                 raise NamespaceTerminating(obj["metadata"]["namespace"]) from exc
@@ -109,7 +111,7 @@ class Kube:
         except ApiException as exc:
             if exc.status != 409:  # AlreadyExists: created by an earlier (maybe interrupted) reconcile
                 raise
-        existing = self.request("GET", path_of(kind, meta["namespace"], meta["name"]))
+        existing = self.request("GET", path_of(kind, meta["namespace"], meta["name"], api_version=obj.get("apiVersion")))
         owners = {ref.get("uid") for ref in existing["metadata"].get("ownerReferences", [])}
         if meta["ownerReferences"][0]["uid"] not in owners:
             raise ForeignChild(f"{kind} {meta['name']} exists but belongs to another owner (a deleted job of the same name?); waiting for it to go")
@@ -185,6 +187,18 @@ class Kube:
         return int(self.request("GET", kueue_path(None, name, "workloadpriorityclasses"))["value"])
 
     # ------------------------------------------------------------------------------------------- reads
+    def served_group_versions(self, wanted: tuple[str, ...], resource: str) -> frozenset[str]:
+        """Which of the `wanted` API group versions ("group/version") the API server serves `resource` in (discovery)."""
+        groups = self.request("GET", "/apis") or {}
+        listed = {v["groupVersion"] for g in groups.get("groups") or [] for v in g.get("versions") or []}
+        served = set()
+        for group_version in wanted:
+            if group_version in listed:
+                resources = self.request("GET", f"/apis/{group_version}") or {}
+                if any(r.get("name") == resource for r in resources.get("resources") or []):
+                    served.add(group_version)
+        return frozenset(served)
+
     def list(self, kind: str, namespace: Optional[str] = None) -> tuple[list[dict[str, Any]], str]:
         """Every job, or every pod or Kueue Workload labelled for a job, in a namespace (None: all); and the list's
         resource version."""

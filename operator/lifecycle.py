@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 from .api import LLMTrainingJob
 from .api.contract import parse_final_state
 from .clock import parse_time, rfc3339, seconds_between
-from .conditions import CREATED, FAILED, QUEUED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, find, is_true, set_condition
+from .conditions import CREATED, FAILED, GANG_SCHEDULED, QUEUED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, find, is_true, set_condition
 from .failures import Failure, action_for, deleted_pod, failed_pod, first_of, node_lost, stalled, vanished_pod
 from .kueue import Admission, admission_of, finish_patch, queue_name, release_quota_patch
 from .pods import (
@@ -43,6 +43,7 @@ from .pods import (
     restart_of,
     terminated_state,
 )
+from .render.gang import UNAVAILABLE, GangPlan
 from .render.names import checkpoint_dir, worker_name
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -147,20 +148,23 @@ class _Draft:
 # ============================================================================================ decide
 def decide(job: LLMTrainingJob, generation: Optional[int], pods: Sequence[Pod], previous: Optional[Mapping[str, Any]], now: datetime, *,
            observed_since: datetime, reported: Optional[Mapping[str, Any]] = None,
-           settings: LifecycleSettings = LifecycleSettings(), workload: Optional[Mapping[str, Any]] = None) -> Decision:
+           settings: LifecycleSettings = LifecycleSettings(), gang_plan: Optional[GangPlan] = None,
+           workload: Optional[Mapping[str, Any]] = None) -> Decision:
     """pods: every pod the job owns, of any gang. observed_since: when this operator process began watching the
     job (a stall is never judged on time it did not watch). reported: rank 0's metrics (progress.parse_progress)
-    with the UID of the pod they were read from. workload: the job's Kueue Workload (kueue.slim_workload), if any."""
+    with the UID of the pod they were read from. gang_plan: the job's gang scheduler (render.gang.plan_gang),
+    reported in the GangScheduled condition; one the cluster cannot serve fails the job. workload: the job's
+    Kueue Workload (kueue.slim_workload), if any."""
     d = _Draft(job, generation, previous or {}, now)
     queued = settings.kueue and _queued_by_kueue(d)
-    decision = _decide(d, pods, observed_since, reported, settings, workload if queued else None, queued)
+    decision = _decide(d, pods, observed_since, reported, settings, gang_plan, workload if queued else None, queued)
     if queued and workload is not None:
         _settle_workload(d, decision, workload)
     return decision
 
 
 def _decide(d: _Draft, pods: Sequence[Pod], observed_since: datetime, reported: Optional[Mapping[str, Any]],
-            settings: LifecycleSettings, workload: Optional[Mapping[str, Any]], queued: bool) -> Decision:
+            settings: LifecycleSettings, gang_plan: Optional[GangPlan], workload: Optional[Mapping[str, Any]], queued: bool) -> Decision:
     job, now = d.job, d.now
     gang = [p for p in pods if restart_of(p) == d.restarts]
     leftovers = [p for p in pods if restart_of(p) != d.restarts]
@@ -171,6 +175,10 @@ def _decide(d: _Draft, pods: Sequence[Pod], observed_since: datetime, reported: 
 
     if d.phase in TERMINAL_PHASES:
         return _finished(d, pods)
+    if gang_plan is not None:
+        _gang_scheduled(d, gang_plan)
+        if not gang_plan.available:
+            return _fail_gang_unavailable(d, gang_plan, pods)
     if job.spec.run_policy.suspend:
         if queued:  # its Workload goes (_settle_workload): on resume it queues afresh
             d.clear(QUEUED, "JobSuspended", "runPolicy.suspend is true: the job left the queue (its Workload was deleted)")
@@ -483,6 +491,22 @@ def _fail(d: _Draft, failure: Failure, reason: str, message: str, gang: Sequence
     d.condition(RUNNING, "False", reason, message)
     d.condition(FAILED, "True", reason, message, "Warning")
     return _finished(d, gang)
+
+
+def _gang_scheduled(d: _Draft, plan: GangPlan) -> None:
+    """GangScheduled: True with the scheduler as reason, False when none binds the gang. A Warning Event only when the
+    gang scheduling a user may count on is missing (a job that named it fails, and its failure Event says so): the
+    condition says the rest without a write per job."""
+    before = find(d.conditions, GANG_SCHEDULED)
+    d.condition(GANG_SCHEDULED, "True" if plan.grouped and plan.available else "False", plan.reason, plan.message, event=None)
+    if plan.reason == UNAVAILABLE and plan.available and (before is None or before.get("reason") != plan.reason):
+        d.events.append(Event("Warning", plan.reason, plan.message))
+
+
+def _fail_gang_unavailable(d: _Draft, plan: GangPlan, pods: Sequence[Pod]) -> Decision:
+    """A gang scheduler the cluster does not serve: fail at once, by name, rather than run the gang ungrouped."""
+    d.stop([p for p in pods if not is_finished(p)])
+    return _fail(d, Failure(reason=plan.reason, message=plan.message, matches_rules=False), plan.reason, plan.message, pods)
 
 
 def _fail_deadline(d: _Draft, pods: Sequence[Pod]) -> Decision:

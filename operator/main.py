@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import kopf
 import prometheus_client
@@ -15,6 +16,7 @@ from .kube import Kube
 from .lifecycle import LifecycleSettings
 from .reconcile import WRITE_CONCURRENCY, Reconciler
 from .render import RenderContext
+from .render.gang import GANG_APIS, default_gang_scheduler
 from .render.names import JOB_NAME_LABEL
 from .view import ClusterView
 
@@ -39,6 +41,20 @@ class EventHandlersOnlyDiffBase(kopf.AnnotationsDiffBaseStorage):
         return kopf.BodyEssence()
 
 
+def discover_gang_apis(kube: Kube, attempts: int = 6) -> frozenset[str]:
+    """The PodGroup APIs the API server serves, asked once at start-up (a cluster that turns one on later needs an
+    operator restart). Retried, then fatal: a guess would fail or ungroup jobs for the operator's whole life."""
+    for attempt in range(attempts):
+        try:
+            return kube.served_group_versions(GANG_APIS, "podgroups")
+        except Exception as exc:  # the API server not reachable yet
+            if attempt == attempts - 1:
+                raise
+            log.warning("API discovery of the PodGroup APIs failed (retrying): %s", exc)
+            time.sleep(2 ** attempt)
+    raise AssertionError("unreachable")
+
+
 def configure_settings(settings: kopf.OperatorSettings) -> None:
     # Our prefix, not Kopf's: handler progress and the last-handled spec live in annotations
     # (the status subresource belongs to the API, and its schema would prune Kopf's fields).
@@ -59,7 +75,8 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
 
 def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: int, metrics_port: int, cluster_domain: str,
                  progress_interval: float = 15.0, log_format: str = "json", verbose: bool = False,
-                 lifecycle: LifecycleSettings | None = None) -> int:
+                 lifecycle: LifecycleSettings | None = None, gang_scheduler: str = "auto", volcano_scheduler_name: str = "volcano",
+                 coscheduling_scheduler_name: str = "scheduler-plugins-scheduler") -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL)
     if not verbose:  # "Handler 'pod_event' succeeded." for every watch event: a log line per event, for nothing
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
@@ -69,7 +86,12 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = 2 * WRITE_CONCURRENCY  # the writers, the reconcile threads, the sweeps
     kube = Kube(client.ApiClient(configuration))
-    reconciler = Reconciler(kube=kube, view=ClusterView(), ctx=RenderContext(cluster_domain=cluster_domain), emit=kube.post_event,
+    gang_apis = discover_gang_apis(kube)
+    ctx = RenderContext(cluster_domain=cluster_domain, gang_apis=gang_apis, default_gang_scheduler=gang_scheduler,
+                        volcano_scheduler_name=volcano_scheduler_name, coscheduling_scheduler_name=coscheduling_scheduler_name)
+    log.info("gang scheduling: %s served; jobs that name no gang scheduler use %s", ", ".join(sorted(gang_apis)) or "no PodGroup API",
+             default_gang_scheduler(gang_scheduler, gang_apis))
+    reconciler = Reconciler(kube=kube, view=ClusterView(), ctx=ctx, emit=kube.post_event,
                             generate_ssh_keys=generate_job_keys, settings=lifecycle or LifecycleSettings())
     kueue_on = reconciler.settings.kueue
     handlers.install(JobLoops(reconciler, progress_interval, namespaces=namespaces, kueue=kueue_on), kueue=kueue_on)

@@ -28,6 +28,7 @@ from .lifecycle import Decision, Event, LifecycleSettings, decide, status_patch
 from .pods import name_of
 from .progress import ScrapeTarget, scrape_target
 from .render import RenderContext, build_worker_pod, render_children
+from .render.gang import plan_gang
 from .view import ClusterView
 from .writers import CREATE, FINISH, Writers
 
@@ -93,11 +94,13 @@ class Reconciler:
         except SpecError as exc:
             return Outcome(self._reject(body, previous, exc), None)
 
+        gang_plan = plan_gang(job, self.ctx)
+
         def decide_now() -> tuple[list[dict], Decision]:
             pods = self.view.pods(namespace, name, meta.get("uid"))
             workload = self.view.workload(namespace, name, meta.get("uid")) if self.settings.kueue else None
             return pods, decide(job, meta.get("generation"), pods, previous, utcnow(), observed_since=observed_since,
-                                reported=reported, settings=self.settings, workload=workload)
+                                reported=reported, settings=self.settings, gang_plan=gang_plan, workload=workload)
 
         pods, decision = decide_now()
         if decision.create_workload:
@@ -172,8 +175,12 @@ class Reconciler:
                 self.view.observe_pod(current)  # the view need not wait for the watch to see it
             return was_created
 
-        for kinds in ({"ConfigMap", "Service", "Secret"}, {"Pod"}):  # what the pods mount exists before them
+        # What the pods mount, and the group they name, exist before them (the Workload before its PodGroup). The
+        # group is created with every gang and kept for the job's life (render/gang.py): a restart finds it.
+        for kinds in ({"ConfigMap", "Service", "Secret", "Workload"}, {"PodGroup"}, {"Pod"}):
             batch = [c for c in children if c["kind"] in kinds]
+            if not batch:
+                continue
             created = [f"{c['kind']} {c['metadata']['name']}" for c, was_created in zip(batch, self._in_parallel(create, batch)) if was_created]
             if created:
                 log.info("created %s", ", ".join(created), extra={"job": job.metadata.name})

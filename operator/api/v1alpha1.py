@@ -59,7 +59,7 @@ def unchanged(fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> str:
 # and rejecting an edit beats accepting it and silently running the old spec. suspend is how a person or a queue
 # (Kueue) stops and restarts the job. tests/unit/test_api.py checks these lists against the models.
 IMMUTABLE_SPEC_FIELDS = ("image", "nodes", "slotsPerNode", "accelerator", "resources", "podTemplate", "launcher", "model", "data",
-                         "training", "deepspeed", "checkpoint", "network", "monitoring")
+                         "training", "deepspeed", "checkpoint", "network", "monitoring", "gang")
 IMMUTABLE_RUN_POLICY_FIELDS = ("backoffLimit", "podFailurePolicy", "cleanPodPolicy")
 IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS = ("activeDeadlineSeconds", "ttlSecondsAfterFinished", "stallTimeoutSeconds", "startupTimeoutSeconds")
 IMMUTABLE_MESSAGE = ("spec is immutable once the job is created, except runPolicy.suspend: delete the job and create it again "
@@ -433,6 +433,33 @@ class MonitoringSpec(ApiModel):
     peak_tflops: Optional[float] = Field(None, gt=0, alias="peakTFLOPs", description="Per-accelerator peak used for MFU; defaults to the detected GPU's dense bf16 peak.")
 
 
+# ---------------------------------------------------------------------------------------- gang
+GangScheduler = Literal["kubernetes", "volcano", "coscheduling", "none"]
+GANG_SCHEDULERS: tuple[str, ...] = ("kubernetes", "volcano", "coscheduling", "none")
+
+
+class GangSpec(ApiModel):
+    """All-or-nothing scheduling of the worker pods: a gang that does not fit waits whole instead of holding part of the GPUs."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [
+            cel("!has(self.minAvailable) || !has(self.scheduler) || self.scheduler != 'none'",
+                "gang.minAvailable needs a gang scheduler (gang.scheduler is none)", field_path=".minAvailable"),
+        ]}
+    )
+
+    scheduler: Optional[GangScheduler] = Field(
+        None, description="kubernetes: kube-scheduler's own gang scheduling (a scheduling.k8s.io/v1beta1 Workload and PodGroup, feature "
+        "gate GenericWorkload); volcano: a scheduling.volcano.sh PodGroup and schedulerName volcano; coscheduling: a scheduling.x-k8s.io "
+        "PodGroup for the scheduler-plugins coscheduling plugin; none: every pod is scheduled on its own. Unset: the operator's default "
+        "(kubernetes when the API server serves the Workload API, else none). The condition GangScheduled says which was used."
+    )
+    min_available: Optional[int] = Field(
+        None, ge=1, description="Workers that must fit at once for any to be bound (the PodGroup's minCount/minMember); at most nodes. "
+        "Unset: all of them. DeepSpeed needs every rank, so less only makes sense when the trainer can wait for the rest."
+    )
+
+
 # ---------------------------------------------------------------------------------------- spec
 class LLMTrainingJobSpec(ApiModel):
     model_config = ConfigDict(
@@ -448,6 +475,9 @@ class LLMTrainingJobSpec(ApiModel):
                 ),
                 cel("self.accelerator == 'gpu' || self.training.precision != 'fp16'", "training.precision fp16 needs accelerator gpu (use bf16 or fp32 on cpu)",
                     field_path=".training.precision"),
+                cel("!has(self.gang.minAvailable) || self.gang.minAvailable <= self.nodes",
+                    message_expression="'gang.minAvailable (%d) must not exceed nodes (%d)'.format([self.gang.minAvailable, self.nodes])",
+                    field_path=".gang.minAvailable"),
             ]
         }
     )
@@ -469,6 +499,7 @@ class LLMTrainingJobSpec(ApiModel):
     network: NetworkSpec = Field(default_factory=NetworkSpec, description="Interconnect and pod networking.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Lifecycle of the job.")
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Trainer metrics.")
+    gang: GangSpec = Field(default_factory=GangSpec, description="Gang scheduling of the worker pods.")
 
     @property
     def world_size(self) -> int:
@@ -494,6 +525,11 @@ class LLMTrainingJobSpec(ApiModel):
         gpus = self.resources.limits.get("nvidia.com/gpu")
         if self.accelerator == "gpu" and gpus is not None and int(gpus) != self.slots_per_node:
             raise ValueError(f"resources.limits nvidia.com/gpu ({gpus}) must equal slotsPerNode ({self.slots_per_node})")
+        if self.gang.min_available is not None:
+            if self.gang.min_available > self.nodes:
+                raise ValueError(f"gang.minAvailable ({self.gang.min_available}) must not exceed nodes ({self.nodes})")
+            if self.gang.scheduler == "none":
+                raise ValueError("gang.minAvailable needs a gang scheduler (gang.scheduler is none)")
         return self
 
 

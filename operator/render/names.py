@@ -27,6 +27,12 @@ class RenderContext:
     """What the render needs beyond the job itself: facts about the cluster the operator runs in."""
 
     cluster_domain: str = "cluster.local"
+    # API group versions that serve gang objects ("scheduling.k8s.io/v1beta1", ...), discovered once at the
+    # operator's start-up (kube.Kube.gang_apis); empty for `llm-operator render` (no cluster).
+    gang_apis: frozenset[str] = frozenset()
+    default_gang_scheduler: str = "auto"  # for jobs that leave spec.gang.scheduler unset; auto: see render.gang
+    volcano_scheduler_name: str = "volcano"
+    coscheduling_scheduler_name: str = "scheduler-plugins-scheduler"  # the scheduler-plugins chart's second scheduler
 
 
 def config_map_name(job: LLMTrainingJob) -> str:

@@ -22,9 +22,10 @@ from .names import (
     worker_fqdn,
     worker_name,
 )
-from .network import NetworkPlan, plan_network
+from .gang import plan_gang, pod_gang_fields
+from .network import plan_network
+from .resources import GPU_RESOURCE, container_resources
 
-GPU_RESOURCE = "nvidia.com/gpu"
 HOSTFILE = f"{CONFIG_MOUNT}/hostfile"
 JOB_FILE = f"{CONFIG_MOUNT}/job.yaml"
 DS_CONFIG_FILE = f"{CONFIG_MOUNT}/ds_config.json"
@@ -87,23 +88,6 @@ def _env(job: LLMTrainingJob, rank: int, restart: int) -> list[dict]:
     return env
 
 
-def _resources(job: LLMTrainingJob, network: NetworkPlan) -> dict:
-    spec = job.spec
-    limits = dict(spec.resources.limits)
-    requests = dict(spec.resources.requests)
-    if spec.accelerator == "gpu":
-        limits.setdefault(GPU_RESOURCE, spec.slots_per_node)
-    for name, count in network.resources.items():
-        limits.setdefault(name, count)
-    # Quantities as strings: the canonical form (the API server accepts ints, typed clients do not).
-    out = {}
-    if limits:
-        out["limits"] = {name: str(value) for name, value in limits.items()}
-    if requests:
-        out["requests"] = {name: str(value) for name, value in requests.items()}
-    return out
-
-
 def _volumes(job: LLMTrainingJob) -> tuple[list[dict], list[dict]]:
     spec = job.spec
     volumes: list[dict[str, Any]] = [
@@ -155,9 +139,10 @@ def build_worker_pod(job: LLMTrainingJob, rank: int, ctx: RenderContext, restart
     spec = job.spec
     tmpl = spec.pod_template
     meta = object_meta(job, worker_name(job, rank), role="worker", rank=rank, restart=restart)
-    meta["labels"] = {**tmpl.labels, **meta["labels"]}
-    if tmpl.annotations:
-        meta["annotations"] = dict(tmpl.annotations)
+    gang = pod_gang_fields(job, plan_gang(job, ctx), ctx)
+    meta["labels"] = {**tmpl.labels, **meta["labels"], **gang.labels}
+    if tmpl.annotations or gang.annotations:
+        meta["annotations"] = {**tmpl.annotations, **gang.annotations}
     volumes, mounts = _volumes(job)
     network = plan_network(spec.network)
     capabilities: dict = {"drop": ["ALL"]}
@@ -171,7 +156,7 @@ def build_worker_pod(job: LLMTrainingJob, rank: int, ctx: RenderContext, restart
         "workingDir": HOME_DIR,
         "env": _env(job, rank, restart),
         "ports": _ports(job),
-        "resources": _resources(job, network),
+        "resources": container_resources(job, network),
         "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -211,4 +196,5 @@ def build_worker_pod(job: LLMTrainingJob, rank: int, ctx: RenderContext, restart
         "imagePullSecrets": tmpl.image_pull_secrets,
     }
     pod_spec.update({k: v for k, v in optional.items() if v})
+    pod_spec.update(gang.spec)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

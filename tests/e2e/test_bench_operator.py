@@ -23,7 +23,9 @@ def test_benchmark_smoke_counts_the_operators_requests(tmp_path):
 
     requests = result["requests_per_job"]
     assert requests["by_verb_resource"]["create pods"] == workers  # exactly one create per worker: no retry, no duplicate
-    assert requests["writes"] == workers + 6  # + ConfigMap, Service, status Created and Running, their 2 Events
+    # + ConfigMap, Service, the gang's Workload and PodGroup (the harness serves the Workload API), status Created and
+    # Running, and their 2 Events
+    assert requests["writes"] == workers + 8
     assert "get llmtrainingjobs" not in requests["by_verb_resource"]  # the job comes from the watch
     assert result["noop_events"] == jobs * workers and result["requests_for_noop_events"] == 0
     assert result["requests_while_quiet"] == 0

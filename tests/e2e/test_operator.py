@@ -39,6 +39,9 @@ class TestCRD:
             (lambda m: m["spec"].update(model={"architecture": "gpt", "nLayers": 2, "dModel": 64, "nHeads": 3}),
              "model.dModel (64) must be divisible by model.nHeads (3)"),
             (lambda m: m["spec"].update(network={"shmSize": "lots"}), "spec.network.shmSize"),
+            (lambda m: m["spec"].update(gang={"minAvailable": 3}), "gang.minAvailable (3) must not exceed nodes (2)"),
+            (lambda m: m["spec"].update(gang={"scheduler": "none", "minAvailable": 1}), "gang.minAvailable needs a gang scheduler"),
+            (lambda m: m["spec"].update(gang={"scheduler": "slurm"}), 'spec.gang.scheduler: Unsupported value: "slurm"'),
         ],
     )
     def test_api_server_rejects_invalid_manifests(self, control_plane, crd, namespace, mutate, expected):
@@ -62,7 +65,7 @@ class TestCRD:
         assert result.returncode != 0 and "spec is immutable once the job is created" in result.stderr
         control_plane.kubectl("annotate", "ltj", "frozen", "-n", namespace, "team=search")  # metadata stays editable
         for patch in ('{"spec": {"runPolicy": {"backoffLimit": 9}}}', '{"spec": {"runPolicy": {"activeDeadlineSeconds": 60}}}',
-                      '{"spec": {"podTemplate": {"labels": {"x": "y"}}}}'):
+                      '{"spec": {"podTemplate": {"labels": {"x": "y"}}}}', '{"spec": {"gang": {"scheduler": "none"}}}'):
             result = control_plane.kubectl("patch", "ltj", "frozen", "-n", namespace, "--type=merge", "-p", patch, check=False)
             assert result.returncode != 0 and "except runPolicy.suspend" in result.stderr, patch
         control_plane.kubectl("patch", "ltj", "frozen", "-n", namespace, "--type=merge", "-p", '{"spec": {"runPolicy": {"suspend": true}}}')
@@ -85,7 +88,7 @@ def test_job_runs_on_gpu_nodes(control_plane, operator, namespace):
         assert (owner["kind"], owner["name"], owner["uid"]) == ("LLMTrainingJob", "gang", job["metadata"]["uid"])
 
     conditions = {c["type"]: c["status"] for c in job["status"]["conditions"]}
-    assert conditions == {"Created": "True", "Running": "True"}
+    assert conditions == {"Created": "True", "Running": "True", "GangScheduled": "True"}  # the harness serves the Workload API
     events = cp.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=gang")["items"]
     assert {"PodsCreated", "AllWorkersRunning"} <= {e["reason"] for e in events}
 

@@ -117,3 +117,29 @@ def test_listings_follow_continue_tokens(serve):
     items, version = kube.list("Pod")
     assert [i["metadata"]["name"] for i in items] == ["p1", "p2"] and version == "42"
     assert server.requests[0][1] == "/api/v1/pods?limit=500&labelSelector=llmtraining.dev/job-name"
+
+
+@pytest.mark.parametrize("api_version, path", [
+    ("scheduling.k8s.io/v1beta1", "/apis/scheduling.k8s.io/v1beta1/namespaces/ns/podgroups"),
+    ("scheduling.volcano.sh/v1beta1", "/apis/scheduling.volcano.sh/v1beta1/namespaces/ns/podgroups"),
+    ("scheduling.x-k8s.io/v1alpha1", "/apis/scheduling.x-k8s.io/v1alpha1/namespaces/ns/podgroups"),
+])
+def test_pod_groups_go_to_their_own_api_group(serve, api_version, path):
+    server, kube = serve(lambda method, path, body: (409, {}) if method == "POST" else
+                         (200, {"metadata": {"name": "demo", "ownerReferences": [{"uid": "u1"}]}}))
+    pod_group = {"apiVersion": api_version, "kind": "PodGroup", "metadata": {"name": "demo", "namespace": "ns", "ownerReferences": [{"uid": "u1"}]}}
+    assert kube.create_if_absent(pod_group)[0] is False
+    assert [(m, p) for m, p, _ in server.requests] == [("POST", path), ("GET", f"{path}/demo")]
+
+
+def test_served_group_versions_asks_discovery_for_the_resource(serve):
+    groups = {"groups": [
+        {"name": "scheduling.k8s.io", "versions": [{"groupVersion": "scheduling.k8s.io/v1"}, {"groupVersion": "scheduling.k8s.io/v1beta1"}]},
+        {"name": "scheduling.volcano.sh", "versions": [{"groupVersion": "scheduling.volcano.sh/v1beta1"}]},
+    ]}
+    resources = {"/apis/scheduling.k8s.io/v1beta1": {"resources": [{"name": "workloads"}, {"name": "podgroups"}, {"name": "podgroups/status"}]},
+                 "/apis/scheduling.volcano.sh/v1beta1": {"resources": [{"name": "queues"}]}}  # a version without PodGroups
+    server, kube = serve(lambda method, path, body: (200, groups if path == "/apis" else resources[path]))
+    wanted = ("scheduling.k8s.io/v1beta1", "scheduling.volcano.sh/v1beta1", "scheduling.x-k8s.io/v1alpha1")
+    assert kube.served_group_versions(wanted, "podgroups") == frozenset({"scheduling.k8s.io/v1beta1"})
+    assert [p for _, p, _ in server.requests] == ["/apis", "/apis/scheduling.k8s.io/v1beta1", "/apis/scheduling.volcano.sh/v1beta1"]

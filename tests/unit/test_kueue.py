@@ -364,7 +364,7 @@ def test_reconciler_queues_places_evicts_and_finishes(manifest):
     reconcile(reconciler, manifest)
     wl = kube.workload()
     assert wl["spec"]["priority"] == 1000 and kube.pods() == []
-    assert manifest["status"]["phase"] == "Pending" and [e.reason for e in events] == ["WaitingForAdmission"]
+    assert manifest["status"]["phase"] == "Pending" and "WaitingForAdmission" in [e.reason for e in events]
 
     kube.kueue_sets(("QuotaReserved", "True", "QuotaReserved"), ("Admitted", "True", "Admitted"), admission=ADMISSION)
     reconcile(reconciler, manifest)
@@ -393,6 +393,7 @@ def test_missing_priority_class_is_told_on_the_job_and_retried(manifest):
 def test_kueue_paths():
     from llm_operator.kube import kueue_path, path_of
 
-    assert path_of("Workload", "team-a", "w") == kueue_path("team-a", "w") == "/apis/kueue.x-k8s.io/v1beta2/namespaces/team-a/workloads/w"
+    assert path_of("Workload", "team-a", "w", api_version=kueue.API_VERSION) == kueue_path("team-a", "w") \
+        == "/apis/kueue.x-k8s.io/v1beta2/namespaces/team-a/workloads/w"
     assert kueue_path(None) == "/apis/kueue.x-k8s.io/v1beta2/workloads"
     assert kueue_path(None, "high", "workloadpriorityclasses") == "/apis/kueue.x-k8s.io/v1beta2/workloadpriorityclasses/high"

@@ -293,9 +293,31 @@ def test_rbac_kueue_rules_only_when_enabled(helm):
     assert next(o for o in watched if o["kind"] == "ClusterRole")["rules"] == RULES["cluster"] + RULES["kueueCluster"]
 
 
+@pytest.mark.parametrize("values, extra", [
+    ((), []),
+    (("--set", "gang.volcano.enabled=true"), ["volcano"]),
+    (("--set", "gang.coscheduling.enabled=true", "--set", "gang.volcano.enabled=true"), ["volcano", "coscheduling"]),
+])
+def test_rbac_gang_scheduler_rules_only_where_turned_on(helm, values, extra):
+    expected = RULES["namespaced"] + [rule for section in extra for rule in RULES[section]]
+    assert one(template(helm, *values), "ClusterRole")["rules"] == expected + RULES["cluster"]
+    objs = template(helm, "--set", "watchNamespaces={team-a}", *values)
+    assert one(objs, "Role")["rules"] == expected
+
+
+def test_gang_values_reach_the_operator(helm):
+    args = operator_args(template(helm))
+    assert (args.gang_scheduler, args.volcano_scheduler_name, args.coscheduling_scheduler_name) == ("auto", "volcano", "scheduler-plugins-scheduler")
+    args = operator_args(template(helm, "--set", "gang.defaultScheduler=none", "--set", "gang.coscheduling.schedulerName=gang-scheduler"))
+    assert (args.gang_scheduler, args.coscheduling_scheduler_name) == ("none", "gang-scheduler")
+    proc = run_helm(helm, "template", "x", str(CHART), "--set", "gang.defaultScheduler=slurm", check=False)
+    assert proc.returncode != 0 and "defaultScheduler" in proc.stderr
+
+
 def test_rbac_rules_file_shape():
-    assert set(RULES) == {"namespaced", "cluster", "kueueNamespaced", "kueueCluster"}
-    for rule in RULES["namespaced"] + RULES["cluster"] + RULES["kueueNamespaced"] + RULES["kueueCluster"]:
+    sections = ("namespaced", "cluster", "volcano", "coscheduling", "kueueNamespaced", "kueueCluster")
+    assert set(RULES) == set(sections)
+    for rule in [rule for section in sections for rule in RULES[section]]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
 

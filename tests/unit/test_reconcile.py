@@ -74,7 +74,7 @@ class FakeKube:
         return [o for (kind, _), o in self.objects.items() if kind == "Pod"]
 
 
-def make_reconciler(body):
+def make_reconciler(body, ctx=None):
     events, keys_made = [], []
 
     def keys():
@@ -82,7 +82,7 @@ def make_reconciler(body):
         return {"id_ed25519": f"key-{len(keys_made)}"}
 
     view = ClusterView()
-    reconciler = Reconciler(kube=FakeKube(body, view), view=view, ctx=RenderContext(), emit=lambda b, e: events.append(e), generate_ssh_keys=keys)
+    reconciler = Reconciler(kube=FakeKube(body, view), view=view, ctx=ctx or RenderContext(), emit=lambda b, e: events.append(e), generate_ssh_keys=keys)
     return reconciler, events, keys_made
 
 
@@ -242,7 +242,7 @@ def test_a_reconcile_that_changes_nothing_makes_no_request(manifest):
 
 
 def test_one_gang_from_creation_to_running_is_n_plus_six_writes(manifest):
-    manifest["spec"].update(nodes=8, slotsPerNode=1)
+    manifest["spec"].update(nodes=8, slotsPerNode=1, gang={"scheduler": "none"})  # the gang's objects are counted in test_gang
     manifest["spec"]["training"]["globalBatchSize"] = 16
     reconciler, events, _ = make_reconciler(manifest)
     kube = reconciler.kube
@@ -252,7 +252,7 @@ def test_one_gang_from_creation_to_running_is_n_plus_six_writes(manifest):
         reconcile(reconciler, manifest)
     assert manifest["status"]["phase"] == "Running"
     writes = len(kube.calls) + len(events)
-    assert writes == 8 + 6, (kube.calls, events)  # 8 pods, ConfigMap, Service, 2 status writes, 2 Events
+    assert writes == 8 + 6, (kube.calls, events)  # 8 pods, ConfigMap, Service, 2 status writes, 2 Events (created, running)
 
 
 def test_a_change_of_only_the_ready_count_waits_a_moment(manifest, monkeypatch):
