@@ -58,7 +58,7 @@ def test_names_and_columns():
     version = crd["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Nodes", "Step", "Loss", "Restarts", "Age"]
+    assert columns == ["Phase", "Nodes", "Step", "Loss", "Eval Loss", "Restarts", "Age"]
 
 
 def test_cross_field_rules_are_cel():
