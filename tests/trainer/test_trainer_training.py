@@ -52,6 +52,11 @@ def test_zero_stage_trains_and_matches_stage_1(stage, tmp_path, reference_run):
     assert_learns(run)
     for step, loss in reference_run.losses.items():
         assert run.losses[step] == pytest.approx(loss, rel=1e-3, abs=1e-3), step
+    # the gradient norm is reported at every stage (ZeRO 0 logged null before), the same before clipping
+    norms, reference_norms = logged(run, "grad_norm"), logged(reference_run, "grad_norm")
+    assert all(isinstance(norms[step], float) and norms[step] > 0 for step in reference_norms), norms
+    for step, norm in reference_norms.items():
+        assert norms[step] == pytest.approx(norm, rel=1e-2), step
 
 
 def test_stop_and_resume_is_bit_exact(tmp_path, reference_run):
@@ -223,6 +228,15 @@ def test_metrics_endpoint_moves_between_scrapes(interrupted_cli_run):
     assert value(second, "llmtrain_steps", "llmtrain_steps_total") > value(first, "llmtrain_steps", "llmtrain_steps_total") >= 1
     info = second["llmtrain_info"][0].labels
     assert info["world_size"] == "2" and info["deepspeed_version"] == "0.19.8" and info["model"] == "tiny"
+
+
+def test_sigterm_reaches_the_ranks_not_deepspeeds_launcher(interrupted_cli_run):
+    """`llm-train run` forwards SIGTERM as the in-pod launcher does: to the ranks only. Signalled itself, DeepSpeed's
+    launcher SIGTERMs the ranks again and SIGKILLs every rank still saving 30 s later."""
+    log = (interrupted_cli_run["out"] / "train.log").read_text()
+    assert "forwarded SIGTERM to the DeepSpeed ranks" in log, log[-3000:]
+    assert "Killing subprocess" not in log and "Main process received SIGTERM" not in log, log[-3000:]
+    assert interrupted_cli_run["code"] == 143
 
 
 def test_sigterm_saves_a_loadable_checkpoint(interrupted_cli_run):
