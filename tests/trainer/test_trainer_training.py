@@ -337,7 +337,7 @@ def test_jsonl_data_and_a_hugging_face_start(tmp_path):
             f.write(json.dumps({"text": " ".join(words[(i + j) % len(words)] for j in range(12))}) + "\n")
     start = ModelConfig("llama", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, ffn_hidden=96, seq_len=16,
                         vocab_size=32, tie_embeddings=False)
-    save_hf_model(start, build_model(start, seed=11).state_dict(), tmp_path / "start")
+    save_hf_model(start, build_model(start, seed=11).state_dict(), tmp_path / "start", max_position_embeddings=64)
 
     job = write_job(tmp_path, {"spec": {
         "slotsPerNode": 1, "model": {"preset": None, "huggingFacePath": str(tmp_path / "start"), "seqLen": 16},
@@ -346,8 +346,15 @@ def test_jsonl_data_and_a_hugging_face_start(tmp_path):
     run = run_ranks(job, tmp_path / "out", world=1)
     assert run.codes == [0], run.log_tail()
     exported = tmp_path / "out" / "model"
-    assert read_hf_config(exported)["model_type"] == "llama"
+    config = read_hf_config(exported)
+    assert config["model_type"] == "llama"
     assert (exported / "tokenizer.json").read_text() == (tmp_path / "tokenizer.json").read_text()
+    # fine-tuned at seqLen 16, the model keeps its source's context; </s> separated the documents it was trained on
+    assert config["max_position_embeddings"] == 64
+    eos = tok.token_to_id("</s>")
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (eos, eos, None)
+    generation = json.loads((exported / "generation_config.json").read_text())
+    assert (generation["bos_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (eos, eos, None)
 
     # step 1's loss is the starting checkpoint's loss on the first two micro-batches of the tokenized corpus
     spec = load_job_file(str(job)).spec
