@@ -299,6 +299,8 @@ def test_llm_train_run_tiny_cpu_example(tmp_path):
     assert summary["steps"] == 200
     assert summary["initial_loss"] > 5.0 and summary["final_loss"] < summary["initial_loss"] - 3.0, summary
     assert summary["tokens_per_second"] > 0
+    assert [e["step"] for e in summary["eval_losses"]] == [50, 100, 150, 200]  # the example's evalIntervalSteps
+    assert summary["eval_loss"] < summary["eval_losses"][0]["loss"]
     assert Path(summary["checkpoint"]).name == "global_step200" and (Path(summary["checkpoint"]) / ".complete").exists()
 
     import torch
