@@ -39,6 +39,12 @@ class TestCRD:
             (lambda m: m["spec"].update(model={"architecture": "gpt", "nLayers": 2, "dModel": 64, "nHeads": 3}),
              "model.dModel (64) must be divisible by model.nHeads (3)"),
             (lambda m: m["spec"].update(network={"shmSize": "lots"}), "spec.network.shmSize"),
+            (lambda m: m["spec"].update(data={"format": "tokens", "paths": ["a.bin"]}, training={"evalIntervalSteps": 5}),
+             "training.evalIntervalSteps needs data.validation (paths or fraction) unless data.format is synthetic"),
+            (lambda m: m["spec"].update(data={"format": "synthetic", "validation": {"fraction": 0.1}}),
+             "data.validation: synthetic data holds out its own samples"),
+            (lambda m: m["spec"].update(data={"format": "tokens", "paths": ["a.bin"], "validation": {"paths": ["v.bin"], "fraction": 0.1}}),
+             "set exactly one of data.validation.paths and data.validation.fraction"),
         ],
     )
     def test_api_server_rejects_invalid_manifests(self, control_plane, crd, namespace, mutate, expected):
