@@ -19,7 +19,8 @@ PRINTER_COLUMNS = [
     {"name": "Nodes", "type": "string", "jsonPath": ".status.nodesReady", "description": "Worker pods ready/total"},
     {"name": "Step", "type": "string", "jsonPath": ".status.progress.stepOfTotal", "description": "Training step/total steps"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "description": "Training loss at the last logged step"},
-    {"name": "Eval Loss", "type": "number", "jsonPath": ".status.progress.evalLoss", "description": "Held-out loss at the last evaluation"},
+    {"name": "Eval Loss", "type": "number", "jsonPath": ".status.progress.evalLoss", "description": "Held-out loss at the last evaluation",
+     "priority": 1},  # -o wide: most jobs do not evaluate, and an empty column would crowd the default view
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Gang restarts so far"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

@@ -105,6 +105,7 @@ def test_job_runs_on_gpu_nodes(control_plane, operator, namespace):
     metrics = Metrics(port=None, info={"model": "tiny"})
     metrics.step.set(4)
     metrics.loss.set(3.25)
+    metrics.eval_loss.set(3.5)
     metrics.tokens_per_second.set(1000.0)
     metrics.last_checkpoint_step.set(2)
     server, thread = start_http_server(29600, addr=pod_ip, registry=metrics.registry)
@@ -116,6 +117,10 @@ def test_job_runs_on_gpu_nodes(control_plane, operator, namespace):
         table = cp.kubectl("get", "ltj", "gang", "-n", namespace).stdout.splitlines()
         assert table[0].split() == ["NAME", "PHASE", "NODES", "STEP", "LOSS", "RESTARTS", "AGE"]
         assert table[1].split()[:6] == ["gang", "Running", "2/2", "4/10", "3.25", "0"]
+        assert job["status"]["progress"]["evalLoss"] == 3.5
+        wide = cp.kubectl("get", "ltj", "gang", "-n", namespace, "-o", "wide").stdout.splitlines()
+        assert wide[0].split()[:7] == ["NAME", "PHASE", "NODES", "STEP", "LOSS", "EVAL", "LOSS"]
+        assert wide[1].split()[:6] == ["gang", "Running", "2/2", "4/10", "3.25", "3.5"]
     finally:
         server.shutdown()
 
