@@ -196,3 +196,17 @@ def test_eval_interval_needs_held_out_data():
         parse_job(deep_update(BASE_JOB, {"spec": {"data": {"validation": {"fraction": 0.1}}}}))
     with pytest.raises(SpecError, match="exactly one of data.validation.paths and data.validation.fraction"):
         parse_job(deep_update(BASE_JOB, {"spec": {"data": {"format": "tokens", "paths": ["a.bin"], "validation": {}}}}))
+
+
+def test_evaluations_carry_through_a_resume(evaluated_run, tmp_path):
+    """Stopped at step 13 and resumed: the same evaluations as the uninterrupted run (the fixed held-out batches, the
+    same weights), the earlier ones kept from the checkpoint."""
+    job = write_job(tmp_path, EVAL)
+    first = run_ranks(job, tmp_path / "out", args=("--stop-at-step", "13"))
+    assert first.codes == [0, 0], first.log_tail()
+    assert [e["step"] for e in first.summary["eval_losses"]] == [10]
+    resumed = run_ranks(job, tmp_path / "out")
+    assert resumed.codes == [0, 0], resumed.log_tail()
+    expected = {e["step"]: e["loss"] for e in evaluated_run["summary"]["eval_losses"]}
+    got = {e["step"]: e["loss"] for e in resumed.summary["eval_losses"]}
+    assert list(got) == [10, 20, 30] and got == pytest.approx(expected, rel=1e-6)
