@@ -99,7 +99,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-
 def clear_markers(marker_dir: str) -> pathlib.Path:
     d = pathlib.Path(marker_dir)
     d.mkdir(parents=True, exist_ok=True)

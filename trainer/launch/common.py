@@ -20,7 +20,6 @@ class LaunchError(Exception):
         self.code = code
 
 
-
 def log(level: str, msg: str, **fields) -> None:
     """One JSON object per line on stderr."""
     record = {

@@ -13,7 +13,6 @@ from .common import log
 DS_ENV_FILE = "DS_ENV_FILE"
 
 
-
 def merged_ds_env(sources: list[str], extra: dict[str, str]) -> str:
     """DeepSpeed env-file text: ``sources``' KEY=VALUE lines (comments and blank lines dropped:
     DeepSpeed's parser crashes on them), ``extra`` overriding."""
@@ -48,7 +47,6 @@ def write_ds_env_file(run_dir: str, extra: dict[str, str]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(merged_ds_env(ds_env_sources(), extra))
     return str(path)
-
 
 
 # Per-pod or per-shell variables that must not be copied from worker 0 to the other nodes' ranks.

@@ -20,7 +20,6 @@ TCP_HINT = (
 )
 
 
-
 @dataclasses.dataclass
 class Peer:
     host: str

@@ -85,7 +85,6 @@ def check_ssh(endpoints: list[tuple[str, int]], timeout: float = 60.0) -> list[s
     return failures
 
 
-
 def serve_sshd_only(sup: Supervisor) -> tuple[int, str]:
     while not sup.exited(sup.sshd):
         if sup.received:

@@ -21,7 +21,6 @@ from .outcome import signal_name
 DS_LAUNCH_MODULE = "deepspeed.launcher.launch"  # DeepSpeed's per-node launcher; its children are the ranks
 
 
-
 def become_subreaper() -> None:
     """Orphaned descendants (e.g. ranks whose DeepSpeed launcher died) are re-parented to us, so we
     can wait for them before exiting (as PID 1 our exit would SIGKILL them mid-checkpoint)."""

@@ -31,7 +31,6 @@ def write_termination_log(path: str, message: str) -> None:
         log("warning", "cannot write termination log", path=path, error=str(e))
 
 
-
 def termination_message(code: int, message: str, marker_dir: Optional[str]) -> str:
     """What happened, for people, then the run's final state (final.json) for the operator."""
     final = markers.read(pathlib.Path(marker_dir), markers.FINAL) if marker_dir else None
