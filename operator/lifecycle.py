@@ -289,6 +289,9 @@ def _valid_report(reported: Mapping[str, Any], total: int) -> bool:
     return isinstance(step, int) and 0 <= step <= total and (loss is None or math.isfinite(loss))
 
 
+REPORTED_VALUES = ("loss", "tokensPerSecond", "mfu", "evalLoss")  # copied into status.progress as reported
+
+
 def _follow_progress(d: _Draft, gang: Sequence[Pod], reported: Optional[Mapping[str, Any]]) -> None:
     """rank 0's metrics → progress, lastCheckpoint; an advancing step → updateTime (stall detection), goodput."""
     total = d.job.spec.training.steps
@@ -300,7 +303,7 @@ def _follow_progress(d: _Draft, gang: Sequence[Pod], reported: Optional[Mapping[
     if fresh:
         assert reported is not None
         step = int(reported["step"])
-        progress.update({k: reported[k] for k in ("loss", "tokensPerSecond", "mfu") if k in reported})
+        progress.update({k: reported[k] for k in REPORTED_VALUES if k in reported})
         if step > 0 and step != previous.get("step"):
             _step_advanced(d, previous)
             progress["updateTime"] = d.stamp
@@ -311,7 +314,7 @@ def _follow_progress(d: _Draft, gang: Sequence[Pod], reported: Optional[Mapping[
             d.status["lastCheckpoint"] = {"step": ckpt, "tag": tag, "path": f"{checkpoint_dir(d.job)}/{tag}"}
     final = d.final_state = _final_state(rank0, total)
     if final is not None:  # what the run ended with, from worker 0's termination message: newer than any scrape
-        progress.update({k: final[k] for k in ("step", "loss", "tokensPerSecond", "mfu") if k in final})
+        progress.update({k: final[k] for k in ("step", *REPORTED_VALUES) if k in final})
         checkpoint = final.get("lastCheckpoint") or {}
         if isinstance(checkpoint.get("step"), int) and checkpoint.get("tag"):
             d.status["lastCheckpoint"] = {"step": checkpoint["step"], "tag": checkpoint["tag"], "path": f"{checkpoint_dir(d.job)}/{checkpoint['tag']}"}

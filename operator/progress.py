@@ -21,6 +21,7 @@ FIELDS = {
     "llmtrain_loss": "loss",
     "llmtrain_tokens_per_second": "tokensPerSecond",
     "llmtrain_mfu": "mfu",
+    "llmtrain_eval_loss": "evalLoss",
     "llmtrain_last_checkpoint_step": "lastCheckpointStep",
 }
 

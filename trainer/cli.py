@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -48,13 +47,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from llm_operator.api.deepspeed_config import build_deepspeed_config
 
     from .model import count_params, flops_per_token
+    from .preflight import PreflightError, check
     from .worker import model_config
 
     try:
         job = load_job_file(args.job)
         ds_config = build_deepspeed_config(job.spec)
-    except (SpecError, ValueError) as exc:
+        checked = check(job.spec, here=True)  # paths on volumes only the pods mount are listed, not failed
+    except (SpecError, PreflightError, ValueError) as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"{args.job}: {exc}", file=sys.stderr)
         return 1
     spec = job.spec
     micro, accumulation, global_batch = spec.batch_plan()
@@ -68,6 +72,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                          "flopsPerToken": flops_per_token(cfg)}
         plan["batch"]["tokensPerStep"] = global_batch * cfg.seq_len
     plan["deepspeed"] = ds_config
+    if checked.not_checked:
+        plan["notCheckedHere"] = checked.not_checked
     print(json.dumps(plan, indent=2))
     return 0
 
@@ -77,6 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from . import markers, rundir
     from .console import JsonConsole, TextConsole
+    from .preflight import PreflightError, check
 
     text = args.log_format == "text" or (args.log_format is None and sys.stdout.isatty())
     console = TextConsole(bar=sys.stdout.isatty() and not args.no_progress) if text else JsonConsole()
@@ -87,6 +94,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     except (OSError, yaml.YAMLError) as exc:
         console.error(f"{args.job}: {exc}")
+        return 1
+    try:
+        check(job.spec)  # every input file, before DeepSpeed and the model start
+    except PreflightError as exc:
+        console.error(str(exc))
         return 1
     spec, name = job.spec, job.metadata.name
     manifest = Path(args.job).resolve()
@@ -154,60 +166,40 @@ def _ranks_and_env(spec, ranks: Optional[int]) -> tuple[int, dict[str, str]]:
     return ranks, env
 
 
-def _launch(cmd: list[str], env: dict[str, str], log_path: Path, console) -> int:
-    """Run DeepSpeed's runner; every line it and the ranks print goes to the log file and to the console."""
-    _become_subreaper()
+def _launch(cmd: list[str], env: dict[str, str], log_path: Path, console, linger_timeout: float = 30.0) -> int:
+    """Run DeepSpeed's runner under the in-pod launcher's Supervisor; every line it and the ranks print goes to the
+    log file and to the console. SIGTERM/SIGINT go to the ranks only, as in the pods: each saves a checkpoint and
+    exits on its own terms (signalling DeepSpeed's launcher would make it SIGKILL them 30 s later); a second
+    signal goes to the whole runner."""
+    from .launch.supervisor import Supervisor, become_subreaper
+
+    become_subreaper()  # the ranks may outlive DeepSpeed's runner; this process waits for them
     with open(log_path, "a", buffering=1) as log:  # line-buffered: `tail -f` follows the run
         log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-        forwarded: list[int] = []
 
-        def forward(signum, frame):
-            """First signal: SIGTERM to the whole launcher tree (every rank saves a checkpoint and stops); second: SIGKILL."""
-            try:
-                os.killpg(proc.pid, signal.SIGKILL if forwarded else signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            forwarded.append(signum)
+        def note(level: str, msg: str, **fields) -> None:
+            """The supervisor's lines, from a signal handler too: one unbuffered write, never into log's buffer."""
+            log.flush()
+            os.write(log.fileno(), f"==== llm-train: {msg} {json.dumps(fields, default=str)}\n".encode())
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, forward)
+        sup = Supervisor(log=note)
+        sup.command = sup.spawn(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+        sup.install_signal_handlers()
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:  # until every rank closed it, not only the runner
+            assert sup.command.stdout is not None
+            for line in sup.command.stdout:  # until every rank closed it, not only the runner
                 log.write(line)
                 console.line(line.rstrip("\n"))
         finally:
             console.close()
-        code = proc.wait()
-    _reap_orphans()  # DeepSpeed's runner dies on SIGTERM at once; its launcher and the ranks may still be saving
-    return code
+        code = sup.wait(sup.command)
+        sup.drain(timeout=None if sup.received else linger_timeout)
+    return code if code is not None else 1
 
 
 def model_label(spec) -> str:
     m = spec.model
     return m.preset or (Path(m.hugging_face_path).name if m.hugging_face_path else f"{m.architecture} {m.n_layers}×{m.d_model}")
-
-
-def _become_subreaper() -> None:
-    """Orphaned descendants (launcher, ranks) are re-parented to this process, so it can wait for them."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER (Linux)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reap_orphans() -> None:
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-        except InterruptedError:
-            continue
 
 
 def _has_gpu() -> bool:

@@ -78,8 +78,8 @@ class Console:
 
     wants_steps = False  # whether the ranks should print a line per step (--step-events)
 
-    def __init__(self, stream: TextIO = sys.stdout):
-        self.stream = stream
+    def __init__(self, stream: Optional[TextIO] = None):
+        self.stream = stream or sys.stdout  # the current stdout, not the one at import time
         self.tail: deque[str] = deque(maxlen=500)  # the end of the ranks' output
 
     def describe(self, job: str, out: Path, total_steps: int, model: str) -> None:

@@ -3,14 +3,18 @@
 gpt   <-> GPT2LMHeadModel  (model_type gpt2): Conv1D weights are stored (in, out), so Linear weights are transposed.
 llama <-> LlamaForCausalLM (model_type llama): same layout as nn.Linear, rotate-half RoPE, so no permutation.
 
-Exported directories hold config.json and model.safetensors (or shards plus model.safetensors.index.json), with
-safetensors metadata {"format": "pt"} and tied lm_head.weight left out, as save_pretrained writes them.
+Exported directories hold config.json, generation_config.json and model.safetensors (or shards plus
+model.safetensors.index.json), with safetensors metadata {"format": "pt"} and tied lm_head.weight left out, as
+save_pretrained writes them. bos/eos/pad_token_id are the ids the model was trained with (SpecialTokens), written
+as null where there are none: transformers would otherwise fill in its own defaults (GPT-2's 50256 even for a
+256-token vocabulary).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, cast
 
@@ -107,7 +111,30 @@ def load_hf_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
 
 
 # ------------------------------------------------------------------------------------------ write
-def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Token ids for the exported config and generation_config.json; None: the model has none (deliberately null)."""
+
+    bos: Optional[int] = None
+    eos: Optional[int] = None
+    pad: Optional[int] = None
+
+    def as_config(self) -> dict[str, Optional[int]]:
+        return {"bos_token_id": self.bos, "eos_token_id": self.eos, "pad_token_id": self.pad}
+
+
+def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32, tokens: SpecialTokens = SpecialTokens(),
+              max_position_embeddings: Optional[int] = None) -> dict[str, Any]:
+    """config.json; max_position_embeddings (llama): the source model's when fine-tuning, else seq_len. A gpt model
+    keeps its source's n_positions through cfg.max_positions (the rows of its position table)."""
+    return {**_architecture_config(cfg, dtype, max_position_embeddings), **tokens.as_config()}
+
+
+def generation_config(tokens: SpecialTokens) -> dict[str, Any]:
+    return {"_from_model_config": True, **tokens.as_config()}
+
+
+def _architecture_config(cfg: ModelConfig, dtype: torch.dtype, max_position_embeddings: Optional[int]) -> dict[str, Any]:
     dtype_name = str(dtype).removeprefix("torch.")
     if cfg.architecture == "gpt":
         return {
@@ -127,7 +154,7 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str,
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.ffn_hidden,
         "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
         "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu",
-        "max_position_embeddings": cfg.seq_len, "rms_norm_eps": cfg.norm_eps,
+        "max_position_embeddings": max(max_position_embeddings or 0, cfg.seq_len), "rms_norm_eps": cfg.norm_eps,
         # transformers < 5 reads rope_theta / rope_scaling, transformers >= 5 reads rope_parameters
         "rope_theta": cfg.rope_theta, "rope_scaling": scaling or None,
         "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default", **scaling}, "attention_bias": False, "mlp_bias": False, "initializer_range": 0.02,
@@ -149,14 +176,16 @@ def to_hf_state_dict(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> dic
 
 
 def save_hf_model(cfg: ModelConfig, state: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                  shard_bytes: int = SHARD_BYTES) -> Path:
+                  shard_bytes: int = SHARD_BYTES, tokens: SpecialTokens = SpecialTokens(),
+                  max_position_embeddings: Optional[int] = None) -> Path:
     """Write a HF model directory (written to path.tmp-<pid>, then renamed into place)."""
     path = Path(path)
     tensors = to_hf_state_dict(cfg, state)
     dtype = next(iter(tensors.values())).dtype
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "config.json").write_text(json.dumps(hf_config(cfg, dtype), indent=2) + "\n")
+    (tmp / "config.json").write_text(json.dumps(hf_config(cfg, dtype, tokens, max_position_embeddings), indent=2) + "\n")
+    (tmp / "generation_config.json").write_text(json.dumps(generation_config(tokens), indent=2) + "\n")
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, tensor in tensors.items():

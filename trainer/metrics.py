@@ -53,6 +53,8 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("llmtrain_loss", "gauge", (), "Training loss, mean over the ranks and the steps of the last logging interval."),
     ("llmtrain_learning_rate", "gauge", (), "Learning rate of the last logged step."),
     ("llmtrain_grad_norm", "gauge", (), "Global gradient norm of the last logged step (before clipping)."),
+    ("llmtrain_eval_loss", "gauge", (), "Loss on the held-out data at the last evaluation, mean over its tokens and the ranks; absent before the first."),
+    ("llmtrain_eval_perplexity", "gauge", (), "exp(llmtrain_eval_loss): held-out perplexity at the last evaluation; absent before the first."),
     ("llmtrain_tokens_per_second", "gauge", (), "Training throughput of all ranks over the last logging interval."),
     ("llmtrain_mfu", "gauge", (), "Model FLOPs utilization (PaLM FLOPs per token) over the last logging interval, 0-1; absent where the peak is unknown (CPU, unrecognised GPU)."),
     ("llmtrain_gpu_memory_bytes", "gauge", (), "Peak accelerator memory allocated, maximum over the ranks."),
@@ -113,6 +115,8 @@ class Metrics:
         self.loss = gauges["llmtrain_loss"]
         self.learning_rate = gauges["llmtrain_learning_rate"]
         self.grad_norm = gauges["llmtrain_grad_norm"]
+        self.eval_loss = gauges["llmtrain_eval_loss"]
+        self.eval_perplexity = gauges["llmtrain_eval_perplexity"]
         self.tokens_per_second = gauges["llmtrain_tokens_per_second"]
         self.mfu = gauges["llmtrain_mfu"]
         self.gpu_memory_bytes = gauges["llmtrain_gpu_memory_bytes"]

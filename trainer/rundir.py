@@ -58,6 +58,9 @@ def resume_key(spec: LLMTrainingJobSpec, ranks: int) -> dict[str, Any]:
            "training.globalBatchSize": global_batch,
            **_flat("data", spec.data.model_dump(by_alias=True, include=DATA_FIELDS)),
            **_flat("deepspeed.config", spec.deepspeed.config)}
+    validation = spec.data.validation
+    if validation is not None and validation.fraction is not None:  # it cuts windows out of the training set
+        key["data.validation.fraction"] = validation.fraction
     return json.loads(json.dumps(key))  # as it reads back from run.json
 
 

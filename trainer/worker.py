@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,10 +24,13 @@ from llm_operator.api.deepspeed_config import build_deepspeed_config
 from llm_operator.api.contract import FINAL_SCRAPE_ENV, RESTART_ENV
 from llm_operator.api.v1alpha1 import LLMTrainingJob, LLMTrainingJobSpec
 
-from . import markers
+from . import markers, preflight
 from .checkpoint import COMPLETE, CheckpointManager, Preemption
-from .data import build_loader, build_source, data_path
+from .data import build_loader
 from .engine import Dist, build_engine, init_distributed
+from .export import copy_tokenizer, source_max_positions, trained_special_tokens
+from .evaluation import Evaluation, build_sources, eval_batches, perplexity
+from .gradnorm import module_grad_norm
 from .hf import config_from_hf, load_hf_weights, read_hf_config, save_hf_model
 from .metrics import Metrics, Progress, log_json, metrics_port, peak_flops
 from .shm import release_allreduce_buffers
@@ -97,6 +99,7 @@ class Trainer:
         self.last_logged: dict[str, Any] = {}  # loss, lr, grad_norm of the last log step (kept in checkpoints)
         self.outcome: Optional[str] = None  # complete | preempted, once training ended
         self.final_tokens_per_second: Optional[float] = None
+        self.own_grad_norm: Optional[torch.Tensor] = None  # ZeRO 0: the step's gradient norm, taken before DeepSpeed clears it
 
     # ------------------------------------------------------------------------------------- setup
     def barrier(self) -> None:
@@ -123,8 +126,11 @@ class Trainer:
         self.micro, self.accumulation, self.global_batch = spec.batch_plan()
         self.tokens_per_step = self.global_batch * self.cfg.seq_len
 
-        source = build_source(spec.data, self.cfg.vocab_size, self.cfg.seq_len, t.seed, self.out / "data-cache",
-                              tokenize_here=d.is_node_main, barrier=self.barrier)
+        source, held_out = build_sources(spec.data, self.cfg.vocab_size, self.cfg.seq_len, t.seed, self.out / "data-cache",
+                                         tokenize_here=d.is_node_main, barrier=self.barrier)
+        self.evaluation = Evaluation(eval_batches(held_out, t.eval_steps, d.rank, d.world_size, self.micro, self.cfg.vocab_size),
+                                     d.world_size, d.device) if held_out is not None and t.eval_interval_steps else None
+        self.eval_history: list[dict[str, Any]] = []
         self.loader = build_loader(source, seed=t.seed, rank=d.rank, world_size=d.world_size,
                                    micro_batch=self.micro, device=d.device, vocab_size=self.cfg.vocab_size)
 
@@ -156,7 +162,7 @@ class Trainer:
                       "parameters": count_params(self.cfg), "flops_per_token": self.flops_per_token,
                       "micro_batch": self.micro, "accumulation": self.accumulation, "global_batch": self.global_batch,
                       "seq_len": self.cfg.seq_len, "zero_stage": info["zero_stage"], "precision": t.precision,
-                      "device": str(d.device)})
+                      "device": str(d.device), "eval_samples": self.evaluation.samples if self.evaluation else None})
 
     # ------------------------------------------------------------------------------------ resume
     def resume(self) -> None:
@@ -178,8 +184,10 @@ class Trainer:
             if self.progress:  # progress.json names the checkpoint from the start, not from the next one
                 self.progress.update(step=self.step, lastCheckpoint=self.last_checkpoint)
             self.last_logged = state.get("last_logged") or {}
-            for gauge, key in ((self.metrics.loss, "loss"), (self.metrics.learning_rate, "lr"), (self.metrics.grad_norm, "grad_norm")):
+            for gauge, key in ((self.metrics.loss, "loss"), (self.metrics.learning_rate, "lr"), (self.metrics.grad_norm, "grad_norm"),
+                               (self.metrics.eval_loss, "eval_loss"), (self.metrics.eval_perplexity, "eval_perplexity")):
                 gauge.set(self.last_logged.get(key))  # true of the checkpoint's step; throughput waits for a measurement
+            self.eval_history = state.get("eval_history") or []
             if self.dist.is_main:
                 log_json({"event": "resume", "tag": tag, "step": self.step})
         self.metrics.step.set(self.step)
@@ -198,10 +206,13 @@ class Trainer:
         started = time.perf_counter()
         self.last_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else None  # this step's LR
         loss_sum = torch.zeros((), device=self.dist.device)
-        for _ in range(self.accumulation):
+        own_norm = self.log_due(self.step + 1) and self.ds_config["zero_optimization"]["stage"] == 0
+        for micro_step in range(self.accumulation):
             inputs, targets = next(self.loader)
             loss = self.engine(inputs, targets)
             self.engine.backward(loss)
+            if own_norm and micro_step == self.accumulation - 1:
+                self.own_grad_norm = module_grad_norm(self.engine.module)  # DeepSpeed keeps none with ZeRO 0 (gradnorm.py)
             self.engine.step()  # applies the optimizer (and LR schedule) at the accumulation boundary
             loss_sum += loss.detach()
         self.interval_loss += loss_sum / self.accumulation
@@ -216,9 +227,12 @@ class Trainer:
         if self.args.step_events and self.dist.is_main:
             log_json({"event": "step", "step": self.step})
 
+    def log_due(self, step: int) -> bool:
+        return step == 1 or step % self.t.log_interval_steps == 0 or step == self.total
+
     def log(self) -> None:
         """At step 1, every logIntervalSteps and the last step: all-reduce loss and memory, publish."""
-        if not (self.step == 1 or self.step % self.t.log_interval_steps == 0 or self.step == self.total):
+        if not self.log_due(self.step):
             return
         dist = torch.distributed
         summed = self.interval_loss / self.interval_steps
@@ -231,6 +245,8 @@ class Trainer:
         tokens_per_second = self.interval_steps * self.tokens_per_step / (now - self.interval_start)
         mfu = tokens_per_second * self.flops_per_token / (self.peak * self.dist.world_size) if self.peak else None
         norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            norm, self.own_grad_norm = self.own_grad_norm, None
         grad_norm = float(norm) if norm is not None else None
         lr = self.last_lr
         if self.initial_loss is None:
@@ -242,7 +258,7 @@ class Trainer:
         self.interval_loss.zero_()
         self.interval_steps, self.interval_start = 0, time.perf_counter()
 
-        self.last_logged = {"loss": loss, "lr": lr, "grad_norm": grad_norm}
+        self.last_logged.update(loss=loss, lr=lr, grad_norm=grad_norm)
         m = self.metrics
         m.loss.set(loss)
         m.tokens_per_second.set(tokens_per_second)
@@ -256,6 +272,27 @@ class Trainer:
             log_json(record, self.bar)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def evaluation_due(self) -> bool:
+        every = self.t.eval_interval_steps
+        return self.evaluation is not None and (self.step % every == 0 or self.step == self.total)
+
+    def evaluate(self) -> None:
+        """The held-out loss (all ranks), published like the training loss."""
+        assert self.evaluation is not None
+        started = time.perf_counter()
+        eval_loss = self.evaluation.run(self.engine)
+        eval_perplexity = perplexity(eval_loss)
+        self.last_logged.update(eval_loss=eval_loss, eval_perplexity=eval_perplexity)
+        self.eval_history.append({"step": self.step, "loss": eval_loss, "perplexity": eval_perplexity})
+        self.metrics.eval_loss.set(eval_loss)
+        self.metrics.eval_perplexity.set(eval_perplexity)
+        if self.progress:
+            self.progress.update(step=self.step, evalLoss=eval_loss, evalPerplexity=eval_perplexity)
+        if self.dist.is_main:
+            log_json({"event": "eval", "step": self.step, "eval_loss": eval_loss, "eval_perplexity": eval_perplexity,
+                      "eval_samples": self.evaluation.samples, "eval_time": time.perf_counter() - started}, self.bar)
+        self.interval_start += time.perf_counter() - started  # the next throughput figure is of training alone
 
     def checkpoint_due(self) -> bool:
         every = self.spec.checkpoint.interval_steps
@@ -278,7 +315,8 @@ class Trainer:
 
     def save(self) -> str:
         tag = self.checkpoints.save(self.engine, self.step, {
-            "step": self.step, "data": self.loader.state_dict(), "initial_loss": self.initial_loss, "last_logged": self.last_logged})
+            "step": self.step, "data": self.loader.state_dict(), "initial_loss": self.initial_loss, "last_logged": self.last_logged,
+            "eval_history": self.eval_history})
         self.last_checkpoint = self.checkpoint_status(tag)
         self.metrics.checkpoint_done(self.step, self.checkpoint_time(tag))
         if self.progress:
@@ -315,9 +353,10 @@ class Trainer:
             state = engine.module.state_dict() if self.dist.is_main else None
         path = None
         if self.dist.is_main:
-            path = save_hf_model(self.cfg, state, self.args.export_dir or self.out / "model")
-            if self.spec.data.tokenizer:  # so that the exported directory can be used as is
-                shutil.copy(data_path(self.spec.data, self.spec.data.tokenizer), path / "tokenizer.json")
+            path = save_hf_model(self.cfg, state, self.args.export_dir or self.out / "model",
+                                 tokens=trained_special_tokens(self.spec, self.cfg.vocab_size),
+                                 max_position_embeddings=source_max_positions(self.spec))
+            copy_tokenizer(self.spec, path)  # so that the exported directory can be used as is
         return path
 
     def finish(self) -> int:
@@ -346,7 +385,7 @@ class Trainer:
         self.metrics.finished.set(1)
         if self.dist.is_node_main:
             markers.write(self.marker_dir, markers.FINAL, {
-                "step": self.step, "totalSteps": self.total, "loss": self.last_logged.get("loss"),
+                "step": self.step, "totalSteps": self.total, "loss": self.last_logged.get("loss"), "evalLoss": self.last_logged.get("eval_loss"),
                 "tokensPerSecond": self.final_tokens_per_second, "outcome": outcome,
                 "lastCheckpoint": {"step": self.step, "tag": tag}})
 
@@ -356,7 +395,9 @@ class Trainer:
                    "tokens_per_second": self.final_tokens_per_second, "checkpoint": str(self.checkpoints.dir / tag), "tag": tag,
                    "model": str(model_dir) if model_dir else None, "resumed_from": self.resumed_from,
                    "world_size": self.dist.world_size, "parameters": count_params(self.cfg),
-                   "flops_per_token": self.flops_per_token, "losses": self.history}
+                   "flops_per_token": self.flops_per_token, "losses": self.history,
+                   "eval_loss": self.last_logged.get("eval_loss"), "eval_perplexity": self.last_logged.get("eval_perplexity"),
+                   "eval_losses": self.eval_history}
         (self.out / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
 
     # -------------------------------------------------------------------------------------- loop
@@ -367,6 +408,8 @@ class Trainer:
             while self.step < self.total:
                 self.train_step()
                 self.log()
+                if self.evaluation_due():
+                    self.evaluate()
                 if self.checkpoint_due():
                     self.save()
                 if self.stop_requested():
@@ -385,6 +428,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
         job = load_job_file(args.job)
+        preflight.check(job.spec)  # bad input fails here, naming field and file, before the model and DeepSpeed start
         accelerator = effective_accelerator(job.spec)
         dist = init_distributed(accelerator)
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)

@@ -19,6 +19,8 @@ PRINTER_COLUMNS = [
     {"name": "Nodes", "type": "string", "jsonPath": ".status.nodesReady", "description": "Worker pods ready/total"},
     {"name": "Step", "type": "string", "jsonPath": ".status.progress.stepOfTotal", "description": "Training step/total steps"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "description": "Training loss at the last logged step"},
+    {"name": "Eval Loss", "type": "number", "jsonPath": ".status.progress.evalLoss", "description": "Held-out loss at the last evaluation",
+     "priority": 1},  # -o wide: most jobs do not evaluate, and an empty column would crowd the default view
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Gang restarts so far"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
@@ -55,13 +57,17 @@ def _structural(node: Any, defs: dict[str, Any], object_defaults: bool = True) -
         node["type"] = "object"
     if "const" in node:  # Literal with one value
         node["enum"] = [node.pop("const")]
+    # Optional[Model] = None: absent means something (e.g. data.validation: no held-out data), so never defaulted
+    nullable = {name for name, prop in (node.get("properties") or {}).items()
+                if any(variant.get("type") == "null" for variant in prop.get("anyOf", ()))}
     out = {k: _structural(v, defs, object_defaults) for k, v in node.items() if k not in _DROP}
     if "properties" in out and object_defaults:
         required = set(out.get("required", []))
         for name, prop in out["properties"].items():
             # An optional sub-object whose own fields all have defaults gets the object of those
             # defaults, so a manifest that omits it is stored (and diffed by GitOps) complete.
-            if prop.get("type") == "object" and "properties" in prop and not prop.get("required") and "default" not in prop and name not in required:
+            if prop.get("type") == "object" and "properties" in prop and not prop.get("required") and "default" not in prop \
+                    and name not in required and name not in nullable:
                 prop["default"] = copy.deepcopy({k: v["default"] for k, v in prop["properties"].items() if "default" in v})
     return out
 

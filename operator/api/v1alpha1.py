@@ -189,12 +189,43 @@ class ModelSpec(ApiModel):
 
 
 # ---------------------------------------------------------------------------------------- data
+# -- issue 11 (held-out evaluation): data.validation, training.evalIntervalSteps, training.evalSteps, status.progress.evalLoss
+class ValidationDataSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("(has(self.paths) && size(self.paths) > 0) != has(self.fraction)", "set exactly one of data.validation.paths and data.validation.fraction"),
+            ]
+        }
+    )
+
+    paths: list[str] = Field(
+        default_factory=list,
+        description="Held-out files or glob patterns in data.format (same tokenDtype and tokenizer), never also in data.paths.",
+    )
+    fraction: Optional[float] = Field(
+        None, gt=0, le=0.5,
+        description="Hold out this fraction of the samples of every training file (its last windows); they are never trained on.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "ValidationDataSpec":
+        if bool(self.paths) == (self.fraction is not None):
+            raise ValueError("set exactly one of data.validation.paths and data.validation.fraction")
+        return self
+
+
+# -- end of issue 11 (held-out evaluation) block
+
+
 class DataSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel("self.format == 'synthetic' || (has(self.paths) && size(self.paths) > 0)", "data.paths is required unless data.format is synthetic", field_path=".paths"),
                 cel("!(self.format in ['text', 'jsonl']) || has(self.tokenizer)", "data.tokenizer is required for text and jsonl data", field_path=".tokenizer"),
+                cel("self.format != 'synthetic' || !has(self.validation)", "data.validation: synthetic data holds out its own samples; leave data.validation unset",
+                    field_path=".validation"),
             ]
         }
     )
@@ -212,11 +243,17 @@ class DataSpec(ApiModel):
         None, description="Volume source holding the data (e.g. {persistentVolumeClaim: {claimName: corpus}}), mounted read-only at mountPath."
     )
     mount_path: str = Field("/data", description="Where the data volume is mounted in the worker pods.")
+    validation: Optional[ValidationDataSpec] = Field(
+        None, description="Held-out data for evaluation (training.evalIntervalSteps): its own paths, or a fraction of the training files. "
+        "Synthetic data holds out its own samples and takes no data.validation.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "DataSpec":
         if self.format != "synthetic" and not self.paths:
             raise ValueError("data.paths is required unless data.format is synthetic")
+        if self.format == "synthetic" and self.validation is not None:
+            raise ValueError("data.validation: synthetic data holds out its own samples; leave data.validation unset")
         if self.format in ("text", "jsonl") and not self.tokenizer:
             raise ValueError("data.tokenizer is required for text and jsonl data")
         return self
@@ -264,6 +301,11 @@ class TrainingSpec(ApiModel):
     compile: bool = Field(True, description="torch.compile the model inside the DeepSpeed engine (GPU only; ignored on CPU).")
     seed: int = Field(1234, ge=0, description="Seed for weights and data order.")
     log_interval_steps: int = Field(10, ge=1, description="Steps between JSON log lines and status updates.")
+    eval_interval_steps: int = Field(
+        0, ge=0, description="Steps between evaluations on the held-out data (data.validation; synthetic data holds out its own), and one at the "
+        "last step; 0 turns evaluation off.",
+    )
+    eval_steps: int = Field(10, ge=1, description="Micro-batches per rank in one evaluation: evalSteps × microBatchSize × ranks held-out sequences, the same ones each time.")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainingSpec":
@@ -478,6 +520,8 @@ class LLMTrainingJobSpec(ApiModel):
                 cel("!has(self.gang.minAvailable) || self.gang.minAvailable <= self.nodes",
                     message_expression="'gang.minAvailable (%d) must not exceed nodes (%d)'.format([self.gang.minAvailable, self.nodes])",
                     field_path=".gang.minAvailable"),
+                cel("self.training.evalIntervalSteps == 0 || self.data.format == 'synthetic' || has(self.data.validation)",
+                    "training.evalIntervalSteps needs data.validation (paths or fraction) unless data.format is synthetic", field_path=".training.evalIntervalSteps"),
             ]
         }
     )
@@ -522,6 +566,8 @@ class LLMTrainingJobSpec(ApiModel):
         self.batch_plan()
         if self.accelerator == "cpu" and self.training.precision == "fp16":
             raise ValueError("training.precision fp16 needs accelerator gpu (use bf16 or fp32 on cpu)")
+        if self.training.eval_interval_steps and self.data.format != "synthetic" and self.data.validation is None:
+            raise ValueError("training.evalIntervalSteps needs data.validation (paths or fraction) unless data.format is synthetic")
         gpus = self.resources.limits.get("nvidia.com/gpu")
         if self.accelerator == "gpu" and gpus is not None and int(gpus) != self.slots_per_node:
             raise ValueError(f"resources.limits nvidia.com/gpu ({gpus}) must equal slotsPerNode ({self.slots_per_node})")
@@ -552,6 +598,7 @@ class Progress(ApiModel):
     loss: Optional[float] = Field(None, description="Training loss at the last logged step.")
     tokens_per_second: Optional[float] = Field(None, description="Throughput over the last logging interval, all ranks.")
     mfu: Optional[float] = Field(None, description="Model FLOPs utilization (0–1).")
+    eval_loss: Optional[float] = Field(None, description="Loss on the held-out data at the last evaluation (training.evalIntervalSteps).")
     update_time: Optional[str] = Field(None, description="When the operator last saw the step advance (stall detection counts from here).")
 
 

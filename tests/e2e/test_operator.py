@@ -42,6 +42,12 @@ class TestCRD:
             (lambda m: m["spec"].update(gang={"minAvailable": 3}), "gang.minAvailable (3) must not exceed nodes (2)"),
             (lambda m: m["spec"].update(gang={"scheduler": "none", "minAvailable": 1}), "gang.minAvailable needs a gang scheduler"),
             (lambda m: m["spec"].update(gang={"scheduler": "slurm"}), 'spec.gang.scheduler: Unsupported value: "slurm"'),
+            (lambda m: m["spec"].update(data={"format": "tokens", "paths": ["a.bin"]}, training={"evalIntervalSteps": 5}),
+             "training.evalIntervalSteps needs data.validation (paths or fraction) unless data.format is synthetic"),
+            (lambda m: m["spec"].update(data={"format": "synthetic", "validation": {"fraction": 0.1}}),
+             "data.validation: synthetic data holds out its own samples"),
+            (lambda m: m["spec"].update(data={"format": "tokens", "paths": ["a.bin"], "validation": {"paths": ["v.bin"], "fraction": 0.1}}),
+             "set exactly one of data.validation.paths and data.validation.fraction"),
         ],
     )
     def test_api_server_rejects_invalid_manifests(self, control_plane, crd, namespace, mutate, expected):
@@ -102,6 +108,7 @@ def test_job_runs_on_gpu_nodes(control_plane, operator, namespace):
     metrics = Metrics(port=None, info={"model": "tiny"})
     metrics.step.set(4)
     metrics.loss.set(3.25)
+    metrics.eval_loss.set(3.5)
     metrics.tokens_per_second.set(1000.0)
     metrics.last_checkpoint_step.set(2)
     server, thread = start_http_server(29600, addr=pod_ip, registry=metrics.registry)
@@ -113,6 +120,10 @@ def test_job_runs_on_gpu_nodes(control_plane, operator, namespace):
         table = cp.kubectl("get", "ltj", "gang", "-n", namespace).stdout.splitlines()
         assert table[0].split() == ["NAME", "PHASE", "NODES", "STEP", "LOSS", "RESTARTS", "AGE"]
         assert table[1].split()[:6] == ["gang", "Running", "2/2", "4/10", "3.25", "0"]
+        assert job["status"]["progress"]["evalLoss"] == 3.5
+        wide = cp.kubectl("get", "ltj", "gang", "-n", namespace, "-o", "wide").stdout.splitlines()
+        assert wide[0].split()[:7] == ["NAME", "PHASE", "NODES", "STEP", "LOSS", "EVAL", "LOSS"]
+        assert wide[1].split()[:6] == ["gang", "Running", "2/2", "4/10", "3.25", "3.5"]
     finally:
         server.shutdown()
 

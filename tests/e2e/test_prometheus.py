@@ -47,7 +47,8 @@ def manifest(name: str) -> dict:
         "podTemplate": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
         "model": {"preset": "tiny", "seqLen": 32}, "data": {"format": "synthetic"},
         "training": {"steps": STEPS, "microBatchSize": 2, "globalBatchSize": 8, "precision": "fp32", "zeroStage": 1,
-                     "learningRate": 0.01, "warmupSteps": 3, "logIntervalSteps": 1, "compile": False, "seed": 7},
+                     "learningRate": 0.01, "warmupSteps": 3, "logIntervalSteps": 1, "compile": False, "seed": 7,
+                     "evalIntervalSteps": 10, "evalSteps": 2},
         "checkpoint": {"intervalSteps": 20, "keep": 2},
         "monitoring": {"port": free_port()}}}  # not the default: nothing else on this machine may hold it
 
@@ -221,5 +222,6 @@ def test_prometheus_sees_the_whole_run_and_the_status_its_end(control_plane, ope
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert status["progress"]["step"] == summary["steps"] == STEPS
     assert status["progress"]["loss"] == summary["final_loss"] and status["progress"]["tokensPerSecond"] == summary["tokens_per_second"]
+    assert status["progress"]["evalLoss"] == summary["eval_loss"] and [e["step"] for e in summary["eval_losses"]] == [10, 20, 30, 40]
     assert status["lastCheckpoint"]["tag"] == summary["tag"]
     assert get_job(cp, namespace, "watched")["status"]["firstStepTime"]

@@ -104,7 +104,8 @@ def test_a_changed_manifest_is_refused_naming_what_changed(finished, tmp_path):
 def test_changes_that_keep_the_checkpoint_valid_are_allowed(finished, tmp_path):
     for i, change in enumerate([{"training": {"steps": 12}}, {"training": {"logIntervalSteps": 4, "compile": True}},
                                 {"checkpoint": {"intervalSteps": 2, "keep": 1}}, {"monitoring": {"port": 9999}},
-                                {"training": {"schedule": "linear", "warmupSteps": 2}}]):
+                                {"training": {"schedule": "linear", "warmupSteps": 2}},
+                                {"training": {"evalIntervalSteps": 3, "evalSteps": 2}}]):
         spec = load_job_file(str(write_job(tmp_path, deep_update(JOB, {"spec": change}), name=f"{i}.yaml"))).spec
         assert rundir.check_continuable(finished["out"], "tiny-cli", rundir.resume_key(spec, 2)) is None, change
     spec = load_job_file(str(finished["job"])).spec

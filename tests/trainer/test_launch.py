@@ -1,4 +1,4 @@
-"""`llm-train launch` (trainer/launch.py) and the ssh helpers (trainer/ssh.py), on this machine.
+"""`llm-train launch` (trainer/launch/) and the ssh helpers (trainer/ssh.py), on this machine.
 
 Groups:
 * pure functions (argument parsing, outcome, configs, keys);

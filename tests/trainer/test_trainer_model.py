@@ -177,3 +177,69 @@ def test_mismatched_checkpoint_is_rejected(tmp_path):
     save_hf_model(cfg_of("tiny"), build_model(cfg_of("tiny"), seed=0).state_dict(), tmp_path / "hf")
     with pytest.raises(ValueError, match="shape"):
         load_hf_weights(build_model(cfg_of("tiny", dModel=128), seed=0), tmp_path / "hf")
+
+
+# ----------------------------------------------------------------------------- export metadata
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_export_loads_in_transformers_with_equal_logits_and_token_ids(preset, tmp_path):
+    """transformers reads the directory as written: the same logits, the token ids we wrote (null where none,
+    not GPT-2's 50256 default), generation_config.json, the source model's context length."""
+    from transformers import AutoModelForCausalLM, GenerationConfig  # pinned in the test extra
+
+    from llm_trainer.hf import SpecialTokens
+
+    cfg = cfg_of(preset)
+    model = build_model(cfg, seed=3)
+    tokens = SpecialTokens(bos=1, eos=2, pad=None)
+    save_hf_model(cfg, model.state_dict(), tmp_path / "hf", tokens=tokens, max_position_embeddings=4096)
+    save_hf_model(cfg, model.state_dict(), tmp_path / "none")  # no special tokens: null, deliberately
+
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model.eval()(ids)
+        theirs = hf(ids).logits
+    assert ours.shape == theirs.shape and (ours - theirs).abs().max().item() < 1e-5
+    assert (hf.config.bos_token_id, hf.config.eos_token_id, hf.config.pad_token_id) == (1, 2, None)
+    generation = GenerationConfig.from_pretrained(tmp_path / "hf")
+    assert (generation.bos_token_id, generation.eos_token_id, generation.pad_token_id) == (1, 2, None)
+    if preset == "tiny-llama":
+        assert hf.config.max_position_embeddings == 4096  # the fine-tuned model's context is the source's, not seqLen
+    none = AutoModelForCausalLM.from_pretrained(tmp_path / "none", dtype=torch.float32)
+    assert (none.config.bos_token_id, none.config.eos_token_id, none.config.pad_token_id) == (None, None, None)
+    assert json.loads((tmp_path / "none" / "generation_config.json").read_text())["eos_token_id"] is None
+
+
+def test_trained_special_tokens(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from llm_operator.api.v1alpha1 import LLMTrainingJobSpec
+    from llm_trainer.export import source_max_positions, trained_special_tokens
+    from llm_trainer.hf import SpecialTokens
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["a b c"], trainers.WordLevelTrainer(special_tokens=["[UNK]", "<s>", "</s>", "<pad>"]))
+    tok.save(str(tmp_path / "tok.json"))
+    (tmp_path / "a.txt").write_text("a b c")
+    llama = ModelConfig("llama", n_layers=1, d_model=16, n_heads=2, n_kv_heads=2, ffn_hidden=32, seq_len=16, vocab_size=32,
+                        tie_embeddings=False)
+    save_hf_model(llama, build_model(llama, seed=0).state_dict(), tmp_path / "hf", tokens=SpecialTokens(bos=5, eos=6, pad=40),
+                  max_position_embeddings=128)
+
+    def spec(**fields):
+        return LLMTrainingJobSpec.model_validate({"image": "x", "model": {"preset": "tiny"}, **fields})
+
+    text = {"format": "text", "paths": [str(tmp_path / "a.txt")], "tokenizer": str(tmp_path / "tok.json")}
+    eos, pad = tok.token_to_id("</s>"), tok.token_to_id("<pad>")
+    # text data: documents are separated by the end-of-text token, never started with <s>
+    assert trained_special_tokens(spec(data=text), 256) == SpecialTokens(bos=eos, eos=eos, pad=pad)
+    # token files with their tokenizer: its own bos
+    tokens_ = {"format": "tokens", "paths": [str(tmp_path / "a.txt")], "tokenizer": str(tmp_path / "tok.json")}
+    assert trained_special_tokens(spec(data=tokens_), 256) == SpecialTokens(bos=tok.token_to_id("<s>"), eos=eos, pad=pad)
+    assert trained_special_tokens(spec(), 256) == SpecialTokens()  # synthetic: none
+    start = {"preset": None, "huggingFacePath": str(tmp_path / "hf")}
+    tokens_only = {"format": "tokens", "paths": [str(tmp_path / "a.txt")]}
+    # the Hugging Face start's ids; one beyond the vocabulary is no id of this model
+    assert trained_special_tokens(spec(model=start, data=tokens_only), 32) == SpecialTokens(bos=5, eos=6, pad=None)
+    assert source_max_positions(spec(model=start)) == 128 and source_max_positions(spec()) is None

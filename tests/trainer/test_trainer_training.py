@@ -52,6 +52,11 @@ def test_zero_stage_trains_and_matches_stage_1(stage, tmp_path, reference_run):
     assert_learns(run)
     for step, loss in reference_run.losses.items():
         assert run.losses[step] == pytest.approx(loss, rel=1e-3, abs=1e-3), step
+    # the gradient norm is reported at every stage (ZeRO 0 logged null before), the same before clipping
+    norms, reference_norms = logged(run, "grad_norm"), logged(reference_run, "grad_norm")
+    assert all(isinstance(norms[step], float) and norms[step] > 0 for step in reference_norms), norms
+    for step, norm in reference_norms.items():
+        assert norms[step] == pytest.approx(norm, rel=1e-2), step
 
 
 def test_stop_and_resume_is_bit_exact(tmp_path, reference_run):
@@ -225,6 +230,15 @@ def test_metrics_endpoint_moves_between_scrapes(interrupted_cli_run):
     assert info["world_size"] == "2" and info["deepspeed_version"] == "0.19.8" and info["model"] == "tiny"
 
 
+def test_sigterm_reaches_the_ranks_not_deepspeeds_launcher(interrupted_cli_run):
+    """`llm-train run` forwards SIGTERM as the in-pod launcher does: to the ranks only. Signalled itself, DeepSpeed's
+    launcher SIGTERMs the ranks again and SIGKILLs every rank still saving 30 s later."""
+    log = (interrupted_cli_run["out"] / "train.log").read_text()
+    assert "forwarded SIGTERM to the DeepSpeed ranks" in log, log[-3000:]
+    assert "Killing subprocess" not in log and "Main process received SIGTERM" not in log, log[-3000:]
+    assert interrupted_cli_run["code"] == 143
+
+
 def test_sigterm_saves_a_loadable_checkpoint(interrupted_cli_run):
     r = interrupted_cli_run
     assert r["code"] == 143, r["log"][-3000:]
@@ -285,6 +299,8 @@ def test_llm_train_run_tiny_cpu_example(tmp_path):
     assert summary["steps"] == 200
     assert summary["initial_loss"] > 5.0 and summary["final_loss"] < summary["initial_loss"] - 3.0, summary
     assert summary["tokens_per_second"] > 0
+    assert [e["step"] for e in summary["eval_losses"]] == [50, 100, 150, 200]  # the example's evalIntervalSteps
+    assert summary["eval_loss"] < summary["eval_losses"][0]["loss"]
     assert Path(summary["checkpoint"]).name == "global_step200" and (Path(summary["checkpoint"]) / ".complete").exists()
 
     import torch
@@ -323,7 +339,7 @@ def test_jsonl_data_and_a_hugging_face_start(tmp_path):
             f.write(json.dumps({"text": " ".join(words[(i + j) % len(words)] for j in range(12))}) + "\n")
     start = ModelConfig("llama", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, ffn_hidden=96, seq_len=16,
                         vocab_size=32, tie_embeddings=False)
-    save_hf_model(start, build_model(start, seed=11).state_dict(), tmp_path / "start")
+    save_hf_model(start, build_model(start, seed=11).state_dict(), tmp_path / "start", max_position_embeddings=64)
 
     job = write_job(tmp_path, {"spec": {
         "slotsPerNode": 1, "model": {"preset": None, "huggingFacePath": str(tmp_path / "start"), "seqLen": 16},
@@ -332,8 +348,15 @@ def test_jsonl_data_and_a_hugging_face_start(tmp_path):
     run = run_ranks(job, tmp_path / "out", world=1)
     assert run.codes == [0], run.log_tail()
     exported = tmp_path / "out" / "model"
-    assert read_hf_config(exported)["model_type"] == "llama"
+    config = read_hf_config(exported)
+    assert config["model_type"] == "llama"
     assert (exported / "tokenizer.json").read_text() == (tmp_path / "tokenizer.json").read_text()
+    # fine-tuned at seqLen 16, the model keeps its source's context; </s> separated the documents it was trained on
+    assert config["max_position_embeddings"] == 64
+    eos = tok.token_to_id("</s>")
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (eos, eos, None)
+    generation = json.loads((exported / "generation_config.json").read_text())
+    assert (generation["bos_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (eos, eos, None)
 
     # step 1's loss is the starting checkpoint's loss on the first two micro-batches of the tokenized corpus
     spec = load_job_file(str(job)).spec

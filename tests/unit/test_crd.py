@@ -48,6 +48,9 @@ def test_defaults_live_in_the_schema():
     assert spec["training"]["properties"]["precision"]["default"] == "bf16"
     assert spec["training"]["properties"]["gradientClipping"]["default"] == 1.0
     assert spec["launcher"]["properties"]["mode"]["default"] == "noSsh"
+    # an Optional sub-object whose absence means something is never defaulted: {} would fail its own CEL rule
+    # (exactly one of paths and fraction) and turn evaluation data on for every job
+    assert "default" not in spec["data"]["properties"]["validation"] and "validation" not in spec["data"]["default"]
     assert spec["checkpoint"]["properties"]["resume"]["default"] == "latest"
 
 
@@ -58,7 +61,7 @@ def test_names_and_columns():
     version = crd["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Nodes", "Step", "Loss", "Restarts", "Age"]
+    assert columns == ["Phase", "Nodes", "Step", "Loss", "Eval Loss", "Restarts", "Age"]
 
 
 def test_cross_field_rules_are_cel():

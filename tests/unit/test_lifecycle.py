@@ -383,3 +383,27 @@ def test_a_resume_is_not_lost_time(make_job):
     running = run(job, gang(restart=1), resumed, now=35).status
     first = run(job, gang(restart=1), running, now=40, reported=reported(8, pod_uid="pod-0-1")).status
     assert float(first.get("lostSeconds") or 0) == 0
+
+
+def test_eval_loss_reaches_the_progress_from_the_scrape_and_from_the_final_state(make_job):
+    from llm_operator.api.contract import final_state_line
+
+    job = make_job()
+    stepping = run(job, gang(), running_status(job), now=10, reported=reported(7, loss=2.5, evalLoss=2.75)).status
+    assert stepping["progress"]["evalLoss"] == 2.75 and stepping["progress"]["loss"] == 2.5
+    total = job.spec.training.steps
+    final = final_state_line({"step": total, "totalSteps": total, "loss": 2.0, "evalLoss": 2.125, "outcome": "complete",
+                              "lastCheckpoint": {"step": total, "tag": f"global_step{total}"}})
+    done = run(job, [pod(0, "Succeeded", exit_code=0, finished=20, message=f"training complete (exit 0)\n{final}"),
+                     pod(1, "Succeeded", exit_code=0, finished=20)], stepping, now=30).status
+    assert done["progress"]["evalLoss"] == 2.125 and done["progress"]["step"] == total
+
+
+def test_bad_input_message_from_the_launcher_becomes_the_failure(make_job):
+    """`llm-train launch` exits 5 with the preflight's problems; the job status says which field and file."""
+    job = make_job()
+    message = ("the job's input is not usable:\n  data.paths: /data/train.bin: 201 bytes is not a whole number of uint16 tokens "
+               "(2 bytes each; data.tokenDtype): not a token file of this dtype, or truncated (exit 5)")
+    status = run(job, [pod(0, "Failed", exit_code=5, message=message), pod(1)], running_status(job), now=10).status
+    failure = status["failure"]
+    assert failure["exitCode"] == 5 and "data.paths: /data/train.bin" in failure["message"] and "data.tokenDtype" in failure["message"]

@@ -37,3 +37,15 @@ def test_scrape_target_is_worker_zero_of_the_current_gang():
     target = scrape_target([worker0(0), worker0(1, ip="fd00::7")], gang=1, port=9090)
     assert target is not None and target.url == "http://[fd00::7]:9090/metrics" and target.pod_uid == "uid-1"
     assert scrape_target([worker0(0)], gang=1, port=9090) is None
+
+
+def test_eval_loss_is_read_once_the_trainer_evaluated():
+    from prometheus_client import generate_latest
+
+    from llm_trainer.metrics import Metrics
+
+    metrics = Metrics(port=None, info={"model": "tiny"})
+    metrics.step.set(20)
+    assert "evalLoss" not in parse_progress(generate_latest(metrics.registry).decode())  # absent, not 0, before the first evaluation
+    metrics.eval_loss.set(2.25)
+    assert parse_progress(generate_latest(metrics.registry).decode())["evalLoss"] == 2.25
