@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Optional
 
-from .api.contract import strip_final_state
+from .api.contract import EXIT_BAD_INPUT, strip_final_state
 from .api.v1alpha1 import PodFailureRule
 from .clock import parse_time, rfc3339
 from .pods import DISRUPTION_TARGET, Pod, condition, exit_code_of, is_disrupted, name_of, node_rank, terminated_state
@@ -33,7 +33,7 @@ _UNKNOWN_TIME = datetime.max.replace(tzinfo=timezone.utc)  # sorts after every k
 
 @dataclass(frozen=True)
 class Failure:
-    reason: str  # the root cause: OOMKilled, Evicted, Preempted, NodeLost, PodDeleted, NCCLError, UserError, Stalled, Error…
+    reason: str  # the root cause: OOMKilled, Evicted, Preempted, NodeLost, PodDeleted, NCCLError, InvalidInput, UserError, Stalled, Error…
     message: str
     pod: Optional[str] = None
     rank: Optional[int] = None
@@ -73,6 +73,8 @@ def failed_pod(pod: Pod) -> Failure:
         reason = status["reason"]
     elif NCCL_ERROR.search(message):
         reason = "NCCLError"
+    elif exit_code_of(pod) == EXIT_BAD_INPUT:
+        reason = "InvalidInput"  # the launcher's pre-flight check of the input files; the message names field and file
     else:
         reason = "Error"
     at = parse_time(terminated.get("finishedAt")) or parse_time((disruption or {}).get("lastTransitionTime"))

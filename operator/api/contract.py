@@ -2,6 +2,8 @@
 
 - RESTART_ENV: the gang's restart count, set on every worker pod (the trainer exports it as a metric).
 - FINAL_SCRAPE_ENV: how long the trainer keeps /metrics up after training ended, for a last scrape.
+- EXIT_BAD_INPUT: the launcher's exit code when the job's input files fail the pre-flight checks; restarting cannot
+  help, so the default podFailurePolicy fails the job on it.
 - The final state: the launcher ends the pod's termination message with one line
   `llmtrain-final {json}` (step, totalSteps, loss, tokensPerSecond, mfu, evalLoss, lastCheckpoint, outcome),
   the values of the run's summary.json; the operator reads it from the pod status, so a finished
@@ -16,6 +18,7 @@ from typing import Any, Optional
 
 RESTART_ENV = "LLMTRAIN_RESTART"
 FINAL_SCRAPE_ENV = "LLMTRAIN_FINAL_SCRAPE_SECONDS"  # monitoring.finalScrapeSeconds; unset (local runs): no wait
+EXIT_BAD_INPUT = 5
 FINAL_STATE_PREFIX = "llmtrain-final "
 FINAL_STATE_KEYS = ("step", "totalSteps", "loss", "tokensPerSecond", "mfu", "evalLoss", "lastCheckpoint", "outcome")
 

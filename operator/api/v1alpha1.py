@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
+from .contract import EXIT_BAD_INPUT
 from .presets import PRESETS, Architecture, PresetName
 
 GROUP = "llmtraining.dev"
@@ -408,18 +409,26 @@ class PodFailureRule(ApiModel):
         return self
 
 
+DEFAULT_FAILURE_RULES: list[Any] = [  # also the CRD schema default, so `kubectl get -o yaml` shows them
+    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [EXIT_BAD_INPUT]}},
+]
+
+
 def _default_failure_rules() -> list[PodFailureRule]:
-    return [PodFailureRule(action="Ignore", on_pod_conditions=[PodConditionRule(type="DisruptionTarget")])]
+    return [PodFailureRule.model_validate(rule) for rule in DEFAULT_FAILURE_RULES]
 
 
 class PodFailurePolicy(ApiModel):
     rules: list[PodFailureRule] = Field(
         default_factory=_default_failure_rules,
-        json_schema_extra={"default": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
+        json_schema_extra={"default": DEFAULT_FAILURE_RULES},
         max_length=20,
         description="Checked in order against the first worker that failed; the first match decides. A failure no rule matches "
-        "counts toward backoffLimit. Default: one rule, Ignore on DisruptionTarget, so preemption, eviction, node drain, node loss "
-        "and a worker deleted by someone else restart the gang for free, and every other failure (crash, OOM kill, NCCL error, stall) counts. "
+        "counts toward backoffLimit. Default: two rules. Ignore on DisruptionTarget, so preemption, eviction, node drain, node loss "
+        f"and a worker deleted by someone else restart the gang for free; FailJob on exit code {EXIT_BAD_INPUT}, the launcher's pre-flight "
+        "check of the input files (tokenizer, token files, Hugging Face directory), which no restart can fix. Every other failure "
+        "(crash, OOM kill, NCCL error, stall) counts. "
         "Typical addition: {action: FailJob, onExitCodes: {operator: In, values: [1]}} to stop at the first Python exception.",
     )
 

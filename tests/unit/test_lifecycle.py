@@ -111,9 +111,11 @@ def test_partially_created_gang_is_completed_not_failed(make_job):
          [], "Restarting", "Preempted", 1),  # no rules at all: every failure counts, as in a Job
         (pod(1, "Running", deleting=True), None, "Restarting", "PodDeleted", 0),
         (pod(1, "Running", ready=False, not_ready_since=-61), None, "Restarting", "NodeLost", 0),
+        (pod(1, "Failed", exit_code=5, message="data.tokenizer: /data/tok.json: not found"), None, "Failed", "InvalidInput", 0),
     ],
     ids=["oom-counts", "nccl-counts", "failjob-exit-1", "failjob-other-code", "failjob-notin", "ignore-exit-code", "preempted-ignored",
-         "evicted-ignored", "node-lost-ignored", "no-rules-counts", "deleted-ignored", "not-ready-node-ignored"],
+         "evicted-ignored", "node-lost-ignored", "no-rules-counts", "deleted-ignored", "not-ready-node-ignored",
+         "bad-input-fails-by-default"],
 )
 def test_worker_failure(make_job, failed_pod, rules, expect_phase, expect_reason, counted):
     policy = {} if rules is None else {"podFailurePolicy": {"rules": rules}}

@@ -6,12 +6,14 @@ import datetime
 import json
 import sys
 
+from llm_operator.api.contract import EXIT_BAD_INPUT
+
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_USAGE = 2
 EXIT_PEERS = 3
 EXIT_SSH = 4
-EXIT_INPUT = 5  # the job's input files are bad (preflight): restarting cannot help
+EXIT_INPUT = EXIT_BAD_INPUT  # the job's input files are bad (preflight): restarting cannot help
 
 
 class LaunchError(Exception):
