@@ -409,3 +409,4 @@ def test_bad_input_message_from_the_launcher_becomes_the_failure(make_job):
     status = run(job, [pod(0, "Failed", exit_code=5, message=message), pod(1)], running_status(job), now=10).status
     failure = status["failure"]
     assert failure["exitCode"] == 5 and "data.paths: /data/train.bin" in failure["message"] and "data.tokenDtype" in failure["message"]
+    assert failure["reason"] == "InvalidInput" and status["phase"] == "Failed" and status["restarts"] == 0  # no restart can fix it
