@@ -16,14 +16,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from llm_operator.api import load_job_file
 from llm_operator.api.deepspeed_config import build_deepspeed_config
 from llm_operator.api.contract import FINAL_SCRAPE_ENV, RESTART_ENV
-from llm_operator.api.v1alpha1 import LLMTrainingJob, LLMTrainingJobSpec
+from llm_operator.api.v1alpha1 import LLMTrainingJob, LLMTrainingJobSpec, check_pipeline_layers
 
 from . import markers
 from .checkpoint import COMPLETE, CheckpointManager, Preemption
@@ -33,6 +33,7 @@ from .hf import config_from_hf, load_hf_weights, read_hf_config, save_hf_model
 from .metrics import Metrics, Progress, log_json, metrics_port, peak_flops
 from .shm import release_allreduce_buffers
 from .model import ModelConfig, build_model, count_params, flops_per_token
+from . import pipeline
 
 SUMMARY = "summary.json"
 
@@ -97,6 +98,7 @@ class Trainer:
         self.last_logged: dict[str, Any] = {}  # loss, lr, grad_norm of the last log step (kept in checkpoints)
         self.outcome: Optional[str] = None  # complete | preempted, once training ended
         self.final_tokens_per_second: Optional[float] = None
+        self.resized: Optional[str] = None  # resumed through a universal checkpoint on another data-parallel size
 
     # ------------------------------------------------------------------------------------- setup
     def barrier(self) -> None:
@@ -115,6 +117,10 @@ class Trainer:
         model = build_model(self.cfg, seed=t.seed, device=d.device)
         if spec.model.hugging_face_path:
             load_hf_weights(model, spec.model.hugging_face_path)
+        self.stages = t.pipeline_stages
+        if self.stages > 1:  # this rank's stage of the same weights (pipeline.py)
+            check_pipeline_layers(self.cfg.n_layers, self.stages, t.pipeline_partition)
+            model = pipeline.build_pipeline_model(self.cfg, self.stages, t.pipeline_partition, model)
         if self.args.deepspeed_config:
             self.ds_config = json.loads(Path(self.args.deepspeed_config).read_text())
         else:
@@ -125,7 +131,8 @@ class Trainer:
 
         source = build_source(spec.data, self.cfg.vocab_size, self.cfg.seq_len, t.seed, self.out / "data-cache",
                               tokenize_here=d.is_node_main, barrier=self.barrier)
-        self.loader = build_loader(source, seed=t.seed, rank=d.rank, world_size=d.world_size,
+        dp_rank, dp_size = pipeline.data_parallel_rank_and_size(self.engine, d)
+        self.loader = build_loader(source, seed=t.seed, rank=dp_rank, world_size=dp_size,
                                    micro_batch=self.micro, device=d.device, vocab_size=self.cfg.vocab_size)
 
         self.checkpoints = CheckpointManager(self.args.checkpoint_dir or self.out / "checkpoints",
@@ -156,6 +163,7 @@ class Trainer:
                       "parameters": count_params(self.cfg), "flops_per_token": self.flops_per_token,
                       "micro_batch": self.micro, "accumulation": self.accumulation, "global_batch": self.global_batch,
                       "seq_len": self.cfg.seq_len, "zero_stage": info["zero_stage"], "precision": t.precision,
+                      "pipeline_stages": self.stages, "data_parallel": dp_size,
                       "device": str(d.device)})
 
     # ------------------------------------------------------------------------------------ resume
@@ -167,7 +175,7 @@ class Trainer:
         if len(set(tags)) != 1:
             raise RuntimeError(f"ranks disagree on the checkpoint to resume from: {tags} (is {self.checkpoints.dir} shared?)")
         if tag is not None:
-            state = self.checkpoints.load(self.engine, tag)
+            state = self.checkpoints.load(self.engine, tag, notify=self.note_resize)
             self.step = state["step"]
             self.loader.load_state_dict(state["data"])
             self.initial_loss = state.get("initial_loss")
@@ -192,19 +200,28 @@ class Trainer:
         self.first_step_done: Optional[float] = None
         self.start_step = self.step
 
+    def note_resize(self, message: str) -> None:
+        """A resume through a universal checkpoint: a log line now, and the run's final state and summary later."""
+        self.resized = message
+        if self.dist.is_main:
+            log_json({"event": "resume-resized", "message": message})
+
     # ------------------------------------------------------------------------------------- steps
     def train_step(self) -> None:
         """One optimizer step: forward/backward over the accumulation micro-batches. No host sync."""
         started = time.perf_counter()
         self.last_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else None  # this step's LR
-        loss_sum = torch.zeros((), device=self.dist.device)
-        for _ in range(self.accumulation):
-            inputs, targets = next(self.loader)
-            loss = self.engine(inputs, targets)
-            self.engine.backward(loss)
-            self.engine.step()  # applies the optimizer (and LR schedule) at the accumulation boundary
-            loss_sum += loss.detach()
-        self.interval_loss += loss_sum / self.accumulation
+        if self.stages > 1:  # DeepSpeed's pipeline schedule runs the micro-batches; the loss comes from the last stage
+            self.interval_loss += pipeline.train_batch(self.engine, self.loader, self.accumulation).detach()
+        else:
+            loss_sum = torch.zeros((), device=self.dist.device)
+            for _ in range(self.accumulation):
+                inputs, targets = next(self.loader)
+                loss = self.engine(inputs, targets)
+                self.engine.backward(loss)
+                self.engine.step()  # applies the optimizer (and LR schedule) at the accumulation boundary
+                loss_sum += loss.detach()
+            self.interval_loss += loss_sum / self.accumulation
         self.interval_steps += 1
         self.step += 1
         self.metrics.step_time.observe(time.perf_counter() - started)
@@ -309,12 +326,16 @@ class Trainer:
     def export(self) -> Optional[Path]:
         """The trained weights as a Hugging Face model directory (rank 0 writes)."""
         engine = self.engine
-        if engine.zero_optimization_partition_weights():
+        state: Optional[Mapping[str, torch.Tensor]]
+        if self.stages > 1:
+            state = pipeline.gather_decoder_state(engine, self.cfg, self.dist.is_main)  # collective
+        elif engine.zero_optimization_partition_weights():
             state = engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0
         else:
             state = engine.module.state_dict() if self.dist.is_main else None
         path = None
         if self.dist.is_main:
+            assert state is not None
             path = save_hf_model(self.cfg, state, self.args.export_dir or self.out / "model")
             if self.spec.data.tokenizer:  # so that the exported directory can be used as is
                 shutil.copy(data_path(self.spec.data, self.spec.data.tokenizer), path / "tokenizer.json")
@@ -347,7 +368,7 @@ class Trainer:
         if self.dist.is_node_main:
             markers.write(self.marker_dir, markers.FINAL, {
                 "step": self.step, "totalSteps": self.total, "loss": self.last_logged.get("loss"),
-                "tokensPerSecond": self.final_tokens_per_second, "outcome": outcome,
+                "tokensPerSecond": self.final_tokens_per_second, "outcome": outcome, "resized": self.resized,
                 "lastCheckpoint": {"step": self.step, "tag": tag}})
 
     def write_summary(self, tag: str, model_dir: Optional[Path]) -> None:
@@ -356,7 +377,7 @@ class Trainer:
                    "tokens_per_second": self.final_tokens_per_second, "checkpoint": str(self.checkpoints.dir / tag), "tag": tag,
                    "model": str(model_dir) if model_dir else None, "resumed_from": self.resumed_from,
                    "world_size": self.dist.world_size, "parameters": count_params(self.cfg),
-                   "flops_per_token": self.flops_per_token, "losses": self.history}
+                   "flops_per_token": self.flops_per_token, "losses": self.history, "resized": self.resized}
         (self.out / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
 
     # -------------------------------------------------------------------------------------- loop

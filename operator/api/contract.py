@@ -3,7 +3,8 @@
 - RESTART_ENV: the gang's restart count, set on every worker pod (the trainer exports it as a metric).
 - FINAL_SCRAPE_ENV: how long the trainer keeps /metrics up after training ended, for a last scrape.
 - The final state: the launcher ends the pod's termination message with one line
-  `llmtrain-final {json}` (step, totalSteps, loss, tokensPerSecond, mfu, lastCheckpoint, outcome),
+  `llmtrain-final {json}` (step, totalSteps, loss, tokensPerSecond, mfu, lastCheckpoint, outcome, and
+  resized: a message when the run resumed through a universal checkpoint on another data-parallel size),
   the values of the run's summary.json; the operator reads it from the pod status, so a finished
   job's status shows the end of training even when no scrape saw it.
 """
@@ -17,7 +18,7 @@ from typing import Any, Optional
 RESTART_ENV = "LLMTRAIN_RESTART"
 FINAL_SCRAPE_ENV = "LLMTRAIN_FINAL_SCRAPE_SECONDS"  # monitoring.finalScrapeSeconds; unset (local runs): no wait
 FINAL_STATE_PREFIX = "llmtrain-final "
-FINAL_STATE_KEYS = ("step", "totalSteps", "loss", "tokensPerSecond", "mfu", "lastCheckpoint", "outcome")
+FINAL_STATE_KEYS = ("step", "totalSteps", "loss", "tokensPerSecond", "mfu", "lastCheckpoint", "outcome", "resized")
 
 
 def final_state_line(state: dict[str, Any]) -> str:

@@ -1,0 +1,90 @@
+"""Resume on a different data-parallel world size: DeepSpeed's universal checkpoint, made once, beside the original.
+
+A ZeRO checkpoint holds one optimizer shard per data-parallel rank (`*zero_pp_rank_<d>_mp_rank_<m>_optim_states.pt`);
+DeepSpeed refuses to load it on another number of ranks (ZeRORuntimeException). DeepSpeed's answer is the
+universal checkpoint: `ds_to_universal` merges the shards into one file per parameter and optimizer state,
+and an engine whose config has checkpoint.load_universal loads them on any world size.
+
+Here: when the shards' count differs from this run's data-parallel size, global rank 0 converts
+<dir>/<tag> into <dir>/<tag>/universal (in a temporary directory, renamed when complete, so a crash
+half-way leaves nothing that looks usable), the other ranks wait at a barrier, and every rank loads
+the universal copy. The copy lives inside the tag's directory, so it is pruned with its checkpoint, and a
+later resize resumes from it without converting again. The data position is a global sample count (see
+data.Sampler.load_state_dict), so no sample is seen twice or skipped under the new sharding.
+
+Needs a checkpoint directory shared by all ranks (the ReadWriteMany volume a resize needs anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .markers import atomic_write
+
+UNIVERSAL = "universal"
+DONE = ".complete"
+ZERO_SHARD = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+
+log = logging.getLogger("llmtrain.universal")
+
+
+def saved_data_parallel_size(tag_dir: Path) -> Optional[int]:
+    """Data-parallel ranks that wrote ZeRO optimizer shards into this tag (None: no ZeRO shards, e.g. ZeRO 0)."""
+    ranks = {int(m.group(1)) for p in tag_dir.iterdir() if (m := ZERO_SHARD.match(p.name))} if tag_dir.is_dir() else set()
+    return max(ranks) + 1 if ranks else None
+
+
+def convert(tag_dir: Path, target: Path) -> None:
+    """ds_to_universal from tag_dir into target, atomically (temporary sibling, then rename)."""
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+           "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1", "--inject_missing_state"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"converting checkpoint {tag_dir} to a universal checkpoint failed (exit {proc.returncode}):\n{tail}")
+    atomic_write(tmp / DONE, "")
+    shutil.rmtree(target, ignore_errors=True)  # a stale, incomplete copy (no rename ever made it complete)
+    os.replace(tmp, target)
+
+
+def load_resized(engine, directory: Path, tag: str, rank: int, barrier: Callable[[], None],
+                 notify: Callable[[str], None]) -> Optional[tuple[Any, Any]]:
+    """Load `tag` through a universal checkpoint if it was written by another data-parallel size.
+
+    Returns DeepSpeed's (load_path, client_state), or None when the plain load applies. Called on every rank."""
+    tag_dir = directory / tag
+    saved = saved_data_parallel_size(tag_dir)
+    if saved is None or not engine.zero_optimization():
+        return None
+    current = getattr(engine, "seq_dp_world_size", engine.dp_world_size)
+    if saved == current:
+        return None
+    if getattr(engine, "is_pipe_parallel", False):
+        raise RuntimeError(f"checkpoint {tag!r} was written by {saved} data-parallel ranks, this run has {current}: "
+                           "resuming on another data-parallel size is not supported with training.pipelineStages > 1; "
+                           f"resume on {saved} × pipelineStages ranks")
+    target = tag_dir / UNIVERSAL
+    message = (f"checkpoint {tag} was written by {saved} data-parallel ranks, this run has {current}: "
+               f"resuming from its universal copy {target}")
+    if rank == 0 and not (target / DONE).exists():
+        notify(f"converting checkpoint {tag} ({saved} data-parallel ranks) to a universal checkpoint for {current}")
+        convert(tag_dir, target)
+    barrier()
+    if not (target / DONE).exists():
+        raise RuntimeError(f"universal checkpoint {target} is missing on rank {rank} (is {directory} shared by all ranks?)")
+    notify(message)
+    engine._config.load_universal_checkpoint = True  # read by engine.load_checkpoint at each call
+    try:
+        return engine.load_checkpoint(str(tag_dir), tag=UNIVERSAL)
+    finally:
+        engine._config.load_universal_checkpoint = False
