@@ -83,8 +83,17 @@ def load_resized(engine, directory: Path, tag: str, rank: int, barrier: Callable
     if not (target / DONE).exists():
         raise RuntimeError(f"universal checkpoint {target} is missing on rank {rank} (is {directory} shared by all ranks?)")
     notify(message)
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the torch optimizer under ZeRO's wrapper
+    hyper = [{k: v for k, v in group.items() if k not in ("params", "lr", "initial_lr")} for group in inner.param_groups]
     engine._config.load_universal_checkpoint = True  # read by engine.load_checkpoint at each call
     try:
-        return engine.load_checkpoint(str(tag_dir), tag=UNIVERSAL)
+        loaded = engine.load_checkpoint(str(tag_dir), tag=UNIVERSAL)
     finally:
         engine._config.load_universal_checkpoint = False
+    if engine.zero_optimization_partition_weights():
+        # DeepSpeed 0.19.8's ZeRO-3 universal load gives every param group the hyperparameters of group 0, so
+        # norms and biases (weight decay 0) would be decayed like matrices; put back each group's own (the
+        # LR stays as loaded: it is the schedule's, the same for every group).
+        for group, own in zip(inner.param_groups, hyper):
+            group.update(own)
+    return loaded

@@ -81,11 +81,13 @@ def test_pipeline_stop_and_resume_is_bit_exact(tmp_path, two_stage_run):
     job = write_job(tmp_path, TWO_STAGES)
     first = run_ranks(job, tmp_path / "out", args=("--stop-at-step", "13"))
     assert first.codes == [0, 0], first.log_tail()
+    first_losses = first.losses  # read now: summary.json is the second run's afterwards
+    assert sorted(first_losses) == list(range(1, 14))
     second = run_ranks(job, tmp_path / "out")
     assert second.codes == [0, 0], second.log_tail()
     assert second.summary["resumed_from"] == "global_step13"
     assert sorted(second.losses) == list(range(14, 31))
-    for step, loss in {**first.losses, **second.losses}.items():
+    for step, loss in {**first_losses, **second.losses}.items():
         assert loss == two_stage_run.losses[step], f"step {step}: {loss!r} != uninterrupted {two_stage_run.losses[step]!r}"
 
 
