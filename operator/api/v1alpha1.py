@@ -304,6 +304,15 @@ class DeepSpeedSpec(ApiModel):
         "train_batch_size, train_micro_batch_size_per_gpu or gradient_accumulation_steps derived from spec.training.",
     )
 
+    # --- model parallelism (issue 11 part B) ---
+    @model_validator(mode="after")
+    def _check(self) -> "DeepSpeedSpec":
+        if "tensor_parallel" in self.config:  # DeepSpeed would accept it, and each tensor-parallel rank would get other data
+            raise ValueError("deepspeed.config.tensor_parallel is not supported by the trainer yet: its data loading, checkpoints "
+                             "and export are not tensor-parallel aware (docs/trainer.md, tensor parallelism); use "
+                             "training.pipelineStages for model parallelism")
+        return self
+
 
 # ---------------------------------------------------------------------------------- checkpoint
 class CheckpointSpec(ApiModel):

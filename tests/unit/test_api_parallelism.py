@@ -73,3 +73,9 @@ def test_the_api_server_checks_the_same_rules():
     assert "self.pipelineStages == 1 || self.zeroStage <= 1" in training_rules
     training = schema["properties"]["training"]["properties"]
     assert training["pipelineStages"]["default"] == 1 and training["pipelinePartition"]["enum"] == ["blocks", "parameters"]
+
+
+def test_tensor_parallel_through_the_escape_hatch_is_refused(manifest):
+    """DeepSpeed would accept it, and every tensor-parallel rank would silently train on different data."""
+    manifest["spec"]["deepspeed"] = {"config": {"tensor_parallel": {"autotp_size": 2}}}
+    assert "deepspeed.config.tensor_parallel is not supported by the trainer yet" in problems(manifest)
