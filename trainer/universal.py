@@ -91,9 +91,20 @@ def load_resized(engine, directory: Path, tag: str, rank: int, barrier: Callable
     finally:
         engine._config.load_universal_checkpoint = False
     if engine.zero_optimization_partition_weights():
-        # DeepSpeed 0.19.8's ZeRO-3 universal load gives every param group the hyperparameters of group 0, so
-        # norms and biases (weight decay 0) would be decayed like matrices; put back each group's own (the
-        # LR stays as loaded: it is the schedule's, the same for every group).
-        for group, own in zip(inner.param_groups, hyper):
-            group.update(own)
+        repair_zero3_universal_load(inner, hyper)
     return loaded
+
+
+def repair_zero3_universal_load(optimizer, hyper: list[dict[str, Any]]) -> None:
+    """Two bugs of DeepSpeed 0.19.8's ZeRO-3 universal load (stage3.py, load_hp_checkpoint_state_from_checkpoint_dir_stage3):
+    - every param group gets the hyperparameters of group 0, so norms and biases (weight decay 0) would be decayed
+      like matrices: each group's own are put back (the LR stays as loaded: the schedule's, the same for all groups);
+    - every group's optimizer state gets the same `step` tensor object, which torch's AdamW increments in place
+      once per group and step, so the bias correction of every group after the first runs ahead: each gets its own.
+    Both verified by comparing with a plain load of the same checkpoint (equal state, equal updates afterwards)."""
+    for group, own in zip(optimizer.param_groups, hyper):
+        group.update(own)
+    for state in optimizer.state.values():
+        step = state.get("step")
+        if step is not None and hasattr(step, "clone"):
+            state["step"] = step.clone()
