@@ -210,3 +210,26 @@ def data_parallel_rank_and_size(engine, dist) -> tuple[int, int]:
     if grid is None or not hasattr(engine, "is_first_stage"):
         return dist.rank, dist.world_size
     return grid.data_parallel_id, grid.data_parallel_size
+
+
+def count_tied_weights_once(engine) -> None:
+    """ZeRO 0 clips gradients with DeepSpeed's clip_grad_norm_, which sums the norms of every stage's parameters,
+    the tied embedding's copy on the last stage included: the norm comes out too large and clips too much (ZeRO-1's
+    optimizer skips those copies, `ds_pipe_replicated`). This replaces the engine's ZeRO-0 clipping with one that
+    skips them too, and records the norm, so grad_norm is reported at ZeRO 0 as well."""
+    import torch.distributed as dist
+
+    max_norm = float(engine.gradient_clipping())
+
+    def clip() -> None:
+        params = [p for p in engine.module.parameters() if p.grad is not None]
+        own = [p.grad.detach().float().norm() ** 2 for p in params if not getattr(p, "ds_pipe_replicated", False)]
+        squared = torch.stack(own).sum() if own else torch.zeros((), device=engine.device)
+        dist.all_reduce(squared, group=engine.grid.get_model_parallel_group())  # over the stages
+        norm = squared.sqrt()
+        coefficient = torch.clamp(max_norm / (norm + 1e-6), max=1.0)  # as torch's and DeepSpeed's clip_grad_norm_
+        for p in params:
+            p.grad.detach().mul_(coefficient)
+        engine._global_grad_norm = norm  # read (and synchronized) only at log steps
+
+    engine.clip_fp32_gradients = clip

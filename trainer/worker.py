@@ -114,7 +114,8 @@ class Trainer:
         torch.manual_seed(t.seed)
 
         self.cfg = model_config(spec)
-        model = build_model(self.cfg, seed=t.seed, device=d.device)
+        # with pipeline stages the whole model is built in host memory and each rank keeps only its stage on the device
+        model = build_model(self.cfg, seed=t.seed, device="cpu" if t.pipeline_stages > 1 else d.device)
         if spec.model.hugging_face_path:
             load_hf_weights(model, spec.model.hugging_face_path)
         self.stages = t.pipeline_stages
@@ -126,6 +127,8 @@ class Trainer:
         else:
             self.ds_config = build_deepspeed_config(spec)
         self.engine, self.scheduler = build_engine(model, self.ds_config, t, d)
+        if self.stages > 1 and not self.engine.zero_optimization():
+            pipeline.count_tied_weights_once(self.engine)
         self.micro, self.accumulation, self.global_batch = spec.batch_plan()
         self.tokens_per_step = self.global_batch * self.cfg.seq_len
 

@@ -9,6 +9,8 @@ the loss at the first or second step by > 1e-2).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -32,6 +34,11 @@ def assert_same_curve(run, reference, rel=PIPELINE_REL):
         assert run.losses[step] == pytest.approx(loss, rel=rel), f"step {step}: {run.losses[step]} vs unpipelined {loss}"
 
 
+def grad_norms(run) -> dict[int, float]:
+    lines = (json.loads(line) for line in run.logs[0].read_text().splitlines() if line.startswith('{"step"'))
+    return {r["step"]: r["grad_norm"] for r in lines}
+
+
 @pytest.fixture(scope="module")
 def two_stage_run(tmp_path_factory):
     """BASE_JOB with 2 pipeline stages on 2 ranks: 4 micro-batches of 2 per step through the pipeline."""
@@ -50,10 +57,29 @@ def test_two_stages_on_two_ranks_match_the_unpipelined_run(two_stage_run, refere
     assert sorted(p.name for p in ckpt.glob("layer_*")) == [f"layer_0{i}-model_states.pt" for i in range(5)]
 
 
-def test_two_stages_by_two_data_parallel_on_four_ranks(tmp_path, reference_run):
-    run = run_ranks(write_job(tmp_path, TWO_STAGES), tmp_path / "out", world=4)
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_two_stages_by_two_data_parallel_on_four_ranks(zero_stage, tmp_path, reference_run):
+    """Ranks 0, 1 are stage 0 and ranks 2, 3 stage 1 (DeepSpeed's topology: data parallelism innermost)."""
+    job = write_job(tmp_path, {"spec": {"training": {"pipelineStages": 2, "zeroStage": zero_stage}}})
+    run = run_ranks(job, tmp_path / "out", world=4)
     assert_same_curve(run, reference_run)
-    assert '"pipeline_stages": 2, "data_parallel": 2' in run.logs[0].read_text()
+    log = run.logs[0].read_text()
+    assert '"pipeline_stages": 2, "data_parallel": 2' in log and '"accumulation": 2' in log
+    assert "ProcessCoord(pipe=0, data=1): 1, ProcessCoord(pipe=1, data=0): 2" in log
+    # the clipping norm counts the tied embedding once (at ZeRO 0 DeepSpeed's own clip counted both copies)
+    norms, expected = grad_norms(run), grad_norms(reference_run)
+    assert norms == pytest.approx(expected, rel=PIPELINE_REL)
+
+
+def test_another_data_parallel_size_with_pipelines_is_refused_by_name(tmp_path):
+    job = write_job(tmp_path, {"spec": {"training": {"pipelineStages": 2, "steps": 4}}})
+    first = run_ranks(job, tmp_path / "out", args=("--stop-at-step", "2"))
+    assert first.codes == [0, 0], first.log_tail()
+    second = run_ranks(job, tmp_path / "out", world=4)
+    assert all(code != 0 for code in second.codes)
+    error = markers.read(tmp_path / "out" / "markers", "error-rank0.json")
+    assert error and "written by 1 data-parallel ranks, this run has 2" in error["error"]
+    assert "not supported with training.pipelineStages > 1; resume on 1 × pipelineStages ranks" in error["error"]
 
 
 def test_export_gathers_the_stages_into_the_usual_layout(two_stage_run, reference_run):
