@@ -7,7 +7,8 @@ and an engine whose config has checkpoint.load_universal loads them on any world
 
 Here: when the shards' count differs from this run's data-parallel size, global rank 0 converts
 <dir>/<tag> into <dir>/<tag>/universal (in a temporary directory, renamed when complete, so a crash
-half-way leaves nothing that looks usable), the other ranks wait at a barrier, and every rank loads
+half-way leaves nothing that looks usable), the other ranks wait for its outcome (a failed conversion fails every
+rank with its message), and every rank loads
 the universal copy. The copy lives inside the tag's directory, so it is pruned with its checkpoint, and a
 later resize resumes from it without converting again. The data position is a global sample count (see
 data.Sampler.load_state_dict), so no sample is seen twice or skipped under the new sharding.
@@ -26,6 +27,8 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+import torch.distributed as dist
 
 from .markers import atomic_write
 
@@ -76,10 +79,20 @@ def load_resized(engine, directory: Path, tag: str, rank: int, barrier: Callable
     target = tag_dir / UNIVERSAL
     message = (f"checkpoint {tag} was written by {saved} data-parallel ranks, this run has {current}: "
                f"resuming from its universal copy {target}")
+    failure: Optional[str] = None
     if rank == 0 and not (target / DONE).exists():
         notify(f"converting checkpoint {tag} ({saved} data-parallel ranks) to a universal checkpoint for {current}")
-        convert(tag_dir, target)
-    barrier()
+        try:
+            convert(tag_dir, target)
+        except Exception as exc:  # every rank fails with it, rather than waiting in a barrier for the timeout
+            failure = str(exc)
+    outcome = [failure]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(outcome, src=0)  # the other ranks wait here while rank 0 converts
+    else:
+        barrier()
+    if outcome[0]:
+        raise RuntimeError(outcome[0])
     if not (target / DONE).exists():
         raise RuntimeError(f"universal checkpoint {target} is missing on rank {rank} (is {directory} shared by all ranks?)")
     notify(message)

@@ -77,3 +77,19 @@ def test_zero3_repair_gives_each_group_its_own_decay_and_step_counter():
     matrices.grad, norms.grad = torch.ones(2, 2), torch.ones(2)
     optimizer.step()
     assert [optimizer.state[p]["step"].item() for p in (matrices, norms)] == [14.0, 14.0]  # shared: 14 and 15
+
+
+def test_a_failed_conversion_fails_every_rank_with_its_message(tmp_path):
+    """Rank 0 converts while the others wait for its outcome: if it fails, none of them waits for the timeout."""
+    job = write_job(tmp_path, {"spec": {"training": {"steps": 4}}})
+    out = tmp_path / "out"
+    first = run_ranks(job, out, world=1, args=("--stop-at-step", "2"))
+    assert first.codes == [0], first.log_tail()
+    (out / "checkpoints" / "global_step2" / "mp_rank_00_model_states.pt").unlink()  # ds_to_universal cannot work without it
+    second = run_ranks(job, out, world=2, timeout=120)
+    assert all(code != 0 for code in second.codes), second.log_tail()
+    for rank in (0, 1):
+        error = json.loads((out / "markers" / f"error-rank{rank}.json").read_text())["error"]
+        assert "to a universal checkpoint failed" in error, error
+    assert not (out / "checkpoints" / "global_step2" / UNIVERSAL).exists()
+    assert not list((out / "checkpoints" / "global_step2").glob(f"{UNIVERSAL}.tmp-*"))
