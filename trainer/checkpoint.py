@@ -112,8 +112,12 @@ class CheckpointManager:
             if tag != protect:
                 shutil.rmtree(self.dir / tag, ignore_errors=True)
 
-    def load(self, engine, tag: str) -> dict[str, Any]:
-        path, client_state = engine.load_checkpoint(str(self.dir), tag=tag)
+    def load(self, engine, tag: str, notify=lambda message: None) -> dict[str, Any]:
+        """Through a universal checkpoint when the data-parallel size changed (universal.py)."""
+        from .universal import load_resized
+
+        loaded = load_resized(engine, self.dir, tag, self.rank, self.barrier, notify)
+        path, client_state = loaded if loaded is not None else engine.load_checkpoint(str(self.dir), tag=tag)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {tag!r} from {self.dir}")
         return (client_state or {}).get(CLIENT_KEY, {})

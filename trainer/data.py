@@ -262,6 +262,11 @@ class Loader:
         self._stop.set()
         self._queue = None
 
+    def skip(self, micro_batches: int) -> None:
+        """Advance without reading (a pipeline stage in the middle, which needs no data but keeps the position)."""
+        assert self._queue is None, "skip() on a loader that is reading"
+        self.sampler.next_micro_batch += micro_batches
+
     def state_dict(self) -> dict:
         return self.sampler.state_dict()
 

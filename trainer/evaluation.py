@@ -144,10 +144,11 @@ class Evaluation:
     world_size: int
     device: torch.device
     evaluate_fn: Callable[[Any, Iterable[tuple[torch.Tensor, torch.Tensor]]], torch.Tensor] = evaluate
+    data_parallel: Optional[int] = None  # ranks reading their own held-out batches (a pipeline's stages share theirs)
 
     @property
     def samples(self) -> int:
-        return sum(len(b) for b in self.batches) * self.world_size
+        return sum(len(b) for b in self.batches) * (self.data_parallel or self.world_size)
 
     def run(self, engine) -> float:
         """The held-out loss: every rank's mean, averaged over the ranks (a collective: every rank calls it)."""

@@ -15,26 +15,27 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from llm_operator.api import load_job_file
 from llm_operator.api.deepspeed_config import build_deepspeed_config
 from llm_operator.api.contract import FINAL_SCRAPE_ENV, RESTART_ENV
-from llm_operator.api.v1alpha1 import LLMTrainingJob, LLMTrainingJobSpec
+from llm_operator.api.v1alpha1 import LLMTrainingJob, LLMTrainingJobSpec, check_pipeline_layers
 
 from . import markers, preflight
 from .checkpoint import COMPLETE, CheckpointManager, Preemption
 from .data import build_loader
 from .engine import Dist, build_engine, init_distributed
 from .export import copy_tokenizer, source_max_positions, trained_special_tokens
-from .evaluation import Evaluation, build_sources, eval_batches, perplexity
+from .evaluation import Evaluation, build_sources, eval_batches, evaluate, perplexity
 from .gradnorm import module_grad_norm
 from .hf import config_from_hf, load_hf_weights, read_hf_config, save_hf_model
 from .metrics import Metrics, Progress, log_json, metrics_port, peak_flops
 from .shm import release_allreduce_buffers
 from .model import ModelConfig, build_model, count_params, flops_per_token
+from . import pipeline
 
 SUMMARY = "summary.json"
 
@@ -100,6 +101,7 @@ class Trainer:
         self.outcome: Optional[str] = None  # complete | preempted, once training ended
         self.final_tokens_per_second: Optional[float] = None
         self.own_grad_norm: Optional[torch.Tensor] = None  # ZeRO 0: the step's gradient norm, taken before DeepSpeed clears it
+        self.resized: Optional[str] = None  # resumed through a universal checkpoint on another data-parallel size
 
     # ------------------------------------------------------------------------------------- setup
     def barrier(self) -> None:
@@ -115,23 +117,32 @@ class Trainer:
         torch.manual_seed(t.seed)
 
         self.cfg = model_config(spec)
-        model = build_model(self.cfg, seed=t.seed, device=d.device)
+        # with pipeline stages the whole model is built in host memory and each rank keeps only its stage on the device
+        model = build_model(self.cfg, seed=t.seed, device="cpu" if t.pipeline_stages > 1 else d.device)
         if spec.model.hugging_face_path:
             load_hf_weights(model, spec.model.hugging_face_path)
+        self.stages = t.pipeline_stages
+        if self.stages > 1:  # this rank's stage of the same weights (pipeline.py)
+            check_pipeline_layers(self.cfg.n_layers, self.stages, t.pipeline_partition)
+            model = pipeline.build_pipeline_model(self.cfg, self.stages, t.pipeline_partition, model)
         if self.args.deepspeed_config:
             self.ds_config = json.loads(Path(self.args.deepspeed_config).read_text())
         else:
             self.ds_config = build_deepspeed_config(spec)
         self.engine, self.scheduler = build_engine(model, self.ds_config, t, d)
+        if self.stages > 1 and not self.engine.zero_optimization():
+            pipeline.count_tied_weights_once(self.engine)
         self.micro, self.accumulation, self.global_batch = spec.batch_plan()
         self.tokens_per_step = self.global_batch * self.cfg.seq_len
 
         source, held_out = build_sources(spec.data, self.cfg.vocab_size, self.cfg.seq_len, t.seed, self.out / "data-cache",
                                          tokenize_here=d.is_node_main, barrier=self.barrier)
-        self.evaluation = Evaluation(eval_batches(held_out, t.eval_steps, d.rank, d.world_size, self.micro, self.cfg.vocab_size),
-                                     d.world_size, d.device) if held_out is not None and t.eval_interval_steps else None
+        dp_rank, dp_size = pipeline.data_parallel_rank_and_size(self.engine, d)
+        self.evaluation = Evaluation(eval_batches(held_out, t.eval_steps, dp_rank, dp_size, self.micro, self.cfg.vocab_size),
+                                     d.world_size, d.device, pipeline.evaluate if self.stages > 1 else evaluate,
+                                     data_parallel=dp_size) if held_out is not None and t.eval_interval_steps else None
         self.eval_history: list[dict[str, Any]] = []
-        self.loader = build_loader(source, seed=t.seed, rank=d.rank, world_size=d.world_size,
+        self.loader = build_loader(source, seed=t.seed, rank=dp_rank, world_size=dp_size,
                                    micro_batch=self.micro, device=d.device, vocab_size=self.cfg.vocab_size)
 
         self.checkpoints = CheckpointManager(self.args.checkpoint_dir or self.out / "checkpoints",
@@ -162,6 +173,7 @@ class Trainer:
                       "parameters": count_params(self.cfg), "flops_per_token": self.flops_per_token,
                       "micro_batch": self.micro, "accumulation": self.accumulation, "global_batch": self.global_batch,
                       "seq_len": self.cfg.seq_len, "zero_stage": info["zero_stage"], "precision": t.precision,
+                      "pipeline_stages": self.stages, "data_parallel": dp_size,
                       "device": str(d.device), "eval_samples": self.evaluation.samples if self.evaluation else None})
 
     # ------------------------------------------------------------------------------------ resume
@@ -173,7 +185,7 @@ class Trainer:
         if len(set(tags)) != 1:
             raise RuntimeError(f"ranks disagree on the checkpoint to resume from: {tags} (is {self.checkpoints.dir} shared?)")
         if tag is not None:
-            state = self.checkpoints.load(self.engine, tag)
+            state = self.checkpoints.load(self.engine, tag, notify=self.note_resize)
             self.step = state["step"]
             self.loader.load_state_dict(state["data"])
             self.initial_loss = state.get("initial_loss")
@@ -200,22 +212,21 @@ class Trainer:
         self.first_step_done: Optional[float] = None
         self.start_step = self.step
 
+    def note_resize(self, message: str) -> None:
+        """A resume through a universal checkpoint: a log line now, and the run's final state and summary later."""
+        self.resized = message
+        if self.dist.is_main:
+            log_json({"event": "resume-resized", "message": message})
+
     # ------------------------------------------------------------------------------------- steps
     def train_step(self) -> None:
         """One optimizer step: forward/backward over the accumulation micro-batches. No host sync."""
         started = time.perf_counter()
         self.last_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else None  # this step's LR
-        loss_sum = torch.zeros((), device=self.dist.device)
-        own_norm = self.log_due(self.step + 1) and self.ds_config["zero_optimization"]["stage"] == 0
-        for micro_step in range(self.accumulation):
-            inputs, targets = next(self.loader)
-            loss = self.engine(inputs, targets)
-            self.engine.backward(loss)
-            if own_norm and micro_step == self.accumulation - 1:
-                self.own_grad_norm = module_grad_norm(self.engine.module)  # DeepSpeed keeps none with ZeRO 0 (gradnorm.py)
-            self.engine.step()  # applies the optimizer (and LR schedule) at the accumulation boundary
-            loss_sum += loss.detach()
-        self.interval_loss += loss_sum / self.accumulation
+        if self.stages > 1:  # DeepSpeed's pipeline schedule runs the micro-batches; the loss comes from the last stage
+            self.interval_loss += pipeline.train_batch(self.engine, self.loader, self.accumulation).detach()
+        else:
+            self.interval_loss += self.data_parallel_step()
         self.interval_steps += 1
         self.step += 1
         self.metrics.step_time.observe(time.perf_counter() - started)
@@ -226,6 +237,20 @@ class Trainer:
             self.bar.update(1)
         if self.args.step_events and self.dist.is_main:
             log_json({"event": "step", "step": self.step})
+
+    def data_parallel_step(self) -> torch.Tensor:
+        """The micro-batches of one optimizer step, forward and backward on this rank; their mean loss."""
+        loss_sum = torch.zeros((), device=self.dist.device)
+        own_norm = self.log_due(self.step + 1) and self.ds_config["zero_optimization"]["stage"] == 0
+        for micro_step in range(self.accumulation):
+            inputs, targets = next(self.loader)
+            loss = self.engine(inputs, targets)
+            self.engine.backward(loss)
+            if own_norm and micro_step == self.accumulation - 1:
+                self.own_grad_norm = module_grad_norm(self.engine.module)  # DeepSpeed keeps none with ZeRO 0 (gradnorm.py)
+            self.engine.step()  # applies the optimizer (and LR schedule) at the accumulation boundary
+            loss_sum += loss.detach()
+        return loss_sum / self.accumulation
 
     def log_due(self, step: int) -> bool:
         return step == 1 or step % self.t.log_interval_steps == 0 or step == self.total
@@ -347,12 +372,16 @@ class Trainer:
     def export(self) -> Optional[Path]:
         """The trained weights as a Hugging Face model directory (rank 0 writes)."""
         engine = self.engine
-        if engine.zero_optimization_partition_weights():
+        state: Optional[Mapping[str, torch.Tensor]]
+        if self.stages > 1:
+            state = pipeline.gather_decoder_state(engine, self.cfg, self.dist.is_main)  # collective
+        elif engine.zero_optimization_partition_weights():
             state = engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0
         else:
             state = engine.module.state_dict() if self.dist.is_main else None
         path = None
         if self.dist.is_main:
+            assert state is not None
             path = save_hf_model(self.cfg, state, self.args.export_dir or self.out / "model",
                                  tokens=trained_special_tokens(self.spec, self.cfg.vocab_size),
                                  max_position_embeddings=source_max_positions(self.spec))
@@ -386,7 +415,7 @@ class Trainer:
         if self.dist.is_node_main:
             markers.write(self.marker_dir, markers.FINAL, {
                 "step": self.step, "totalSteps": self.total, "loss": self.last_logged.get("loss"), "evalLoss": self.last_logged.get("eval_loss"),
-                "tokensPerSecond": self.final_tokens_per_second, "outcome": outcome,
+                "tokensPerSecond": self.final_tokens_per_second, "outcome": outcome, "resized": self.resized,
                 "lastCheckpoint": {"step": self.step, "tag": tag}})
 
     def write_summary(self, tag: str, model_dir: Optional[Path]) -> None:
@@ -395,7 +424,7 @@ class Trainer:
                    "tokens_per_second": self.final_tokens_per_second, "checkpoint": str(self.checkpoints.dir / tag), "tag": tag,
                    "model": str(model_dir) if model_dir else None, "resumed_from": self.resumed_from,
                    "world_size": self.dist.world_size, "parameters": count_params(self.cfg),
-                   "flops_per_token": self.flops_per_token, "losses": self.history,
+                   "flops_per_token": self.flops_per_token, "losses": self.history, "resized": self.resized,
                    "eval_loss": self.last_logged.get("eval_loss"), "eval_perplexity": self.last_logged.get("eval_perplexity"),
                    "eval_losses": self.eval_history}
         (self.out / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")

@@ -5,7 +5,8 @@
 - EXIT_BAD_INPUT: the launcher's exit code when the job's input files fail the pre-flight checks; restarting cannot
   help, so the default podFailurePolicy fails the job on it.
 - The final state: the launcher ends the pod's termination message with one line
-  `llmtrain-final {json}` (step, totalSteps, loss, tokensPerSecond, mfu, evalLoss, lastCheckpoint, outcome),
+  `llmtrain-final {json}` (step, totalSteps, loss, tokensPerSecond, mfu, evalLoss, lastCheckpoint, outcome, and
+  resized: a message when the run resumed through a universal checkpoint on another data-parallel size),
   the values of the run's summary.json; the operator reads it from the pod status, so a finished
   job's status shows the end of training even when no scrape saw it.
 """
@@ -20,7 +21,7 @@ RESTART_ENV = "LLMTRAIN_RESTART"
 FINAL_SCRAPE_ENV = "LLMTRAIN_FINAL_SCRAPE_SECONDS"  # monitoring.finalScrapeSeconds; unset (local runs): no wait
 EXIT_BAD_INPUT = 5
 FINAL_STATE_PREFIX = "llmtrain-final "
-FINAL_STATE_KEYS = ("step", "totalSteps", "loss", "tokensPerSecond", "mfu", "evalLoss", "lastCheckpoint", "outcome")
+FINAL_STATE_KEYS = ("step", "totalSteps", "loss", "tokensPerSecond", "mfu", "evalLoss", "lastCheckpoint", "outcome", "resized")
 
 
 def final_state_line(state: dict[str, Any]) -> str:

@@ -274,6 +274,11 @@ class TrainingSpec(ApiModel):
                 cel("self.warmupSteps <= self.steps", message_expression="'training.warmupSteps (%d) must not exceed training.steps (%d)'.format([self.warmupSteps, self.steps])"),
                 cel("self.offload.parameters == 'none' || self.zeroStage == 3", "training.offload.parameters needs training.zeroStage 3", field_path=".offload.parameters"),
                 cel("self.offload.optimizer == 'none' || self.zeroStage >= 1", "training.offload.optimizer needs training.zeroStage 1 or higher", field_path=".offload.optimizer"),
+                # --- model parallelism (issue 11 part B) ---
+                cel("self.pipelineStages == 1 || self.zeroStage <= 1",
+                    message_expression="'training.zeroStage (%d) must be 0 or 1 with training.pipelineStages (%d) > 1: DeepSpeed does not "
+                    "combine pipeline parallelism with ZeRO-2 or ZeRO-3'.format([self.zeroStage, self.pipelineStages])",
+                    field_path=".zeroStage"),
             ]
         }
     )
@@ -307,6 +312,19 @@ class TrainingSpec(ApiModel):
         "last step; 0 turns evaluation off.",
     )
     eval_steps: int = Field(10, ge=1, description="Micro-batches per rank in one evaluation: evalSteps × microBatchSize × ranks held-out sequences, the same ones each time.")
+    # --- model parallelism (issue 11 part B) ---
+    pipeline_stages: int = Field(
+        1, ge=1, le=256,
+        description="Pipeline-parallel stages (DeepSpeed PipelineModule): the decoder's layers are split across this many ranks, "
+        "and nodes × slotsPerNode / pipelineStages ranks do data parallelism. The gradient-accumulation steps are the pipeline's "
+        "micro-batches per optimizer step. Needs zeroStage 0 or 1 and nodes × slotsPerNode divisible by it.",
+    )
+    pipeline_partition: Literal["blocks", "parameters"] = Field(
+        "blocks",
+        description="How layers are split into pipeline stages: blocks (the same number of transformer blocks per stage; "
+        "model.nLayers must be divisible by pipelineStages; the embedding joins the first stage, final norm and head the last) or "
+        "parameters (DeepSpeed balances parameter counts, any nLayers ≥ pipelineStages).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TrainingSpec":
@@ -316,6 +334,9 @@ class TrainingSpec(ApiModel):
             raise ValueError("training.offload.parameters needs training.zeroStage 3")
         if self.offload.optimizer != "none" and self.zero_stage < 1:
             raise ValueError("training.offload.optimizer needs training.zeroStage 1 or higher")
+        if self.pipeline_stages > 1 and self.zero_stage > 1:
+            raise ValueError(f"training.zeroStage ({self.zero_stage}) must be 0 or 1 with training.pipelineStages "
+                             f"({self.pipeline_stages}) > 1: DeepSpeed does not combine pipeline parallelism with ZeRO-2 or ZeRO-3")
         return self
 
 
@@ -325,6 +346,15 @@ class DeepSpeedSpec(ApiModel):
         description="Raw DeepSpeed config merged last over the generated one (escape hatch). It may not contradict "
         "train_batch_size, train_micro_batch_size_per_gpu or gradient_accumulation_steps derived from spec.training.",
     )
+
+    # --- model parallelism (issue 11 part B) ---
+    @model_validator(mode="after")
+    def _check(self) -> "DeepSpeedSpec":
+        if "tensor_parallel" in self.config:  # DeepSpeed would accept it, and each tensor-parallel rank would get other data
+            raise ValueError("deepspeed.config.tensor_parallel is not supported by the trainer yet: its data loading, checkpoints "
+                             "and export are not tensor-parallel aware (docs/trainer.md, tensor parallelism); use "
+                             "training.pipelineStages for model parallelism")
+        return self
 
 
 # ---------------------------------------------------------------------------------- checkpoint
@@ -518,11 +548,31 @@ class LLMTrainingJobSpec(ApiModel):
             "x-kubernetes-validations": [
                 cel(unchanged(IMMUTABLE_SPEC_FIELDS), IMMUTABLE_MESSAGE),
                 cel(
-                    "!has(self.training.globalBatchSize) || self.training.globalBatchSize % (self.training.microBatchSize * self.nodes * self.slotsPerNode) == 0",
-                    message_expression="'training.globalBatchSize (%d) must be divisible by microBatchSize × nodes × slotsPerNode = %d × %d × %d = %d'"
+                    "(self.nodes * self.slotsPerNode) % self.training.pipelineStages != 0 || !has(self.training.globalBatchSize) || "
+                    "self.training.globalBatchSize % (self.training.microBatchSize * self.nodes * self.slotsPerNode / self.training.pipelineStages) == 0",
+                    message_expression="self.training.pipelineStages == 1 ? "
+                    "'training.globalBatchSize (%d) must be divisible by microBatchSize × nodes × slotsPerNode = %d × %d × %d = %d'"
                     ".format([self.training.globalBatchSize, self.training.microBatchSize, self.nodes, self.slotsPerNode, "
-                    "self.training.microBatchSize * self.nodes * self.slotsPerNode])",
+                    "self.training.microBatchSize * self.nodes * self.slotsPerNode]) : "
+                    "'training.globalBatchSize (%d) must be divisible by microBatchSize × nodes × slotsPerNode / pipelineStages = %d × %d × %d / %d = %d'"
+                    ".format([self.training.globalBatchSize, self.training.microBatchSize, self.nodes, self.slotsPerNode, self.training.pipelineStages, "
+                    "self.training.microBatchSize * self.nodes * self.slotsPerNode / self.training.pipelineStages])",
                     field_path=".training.globalBatchSize",
+                ),
+                # --- model parallelism (issue 11 part B) ---
+                cel(
+                    "(self.nodes * self.slotsPerNode) % self.training.pipelineStages == 0",
+                    message_expression="'training.pipelineStages (%d) must divide nodes × slotsPerNode = %d × %d = %d'"
+                    ".format([self.training.pipelineStages, self.nodes, self.slotsPerNode, self.nodes * self.slotsPerNode])",
+                    field_path=".training.pipelineStages",
+                ),
+                cel(
+                    "!has(self.model.nLayers) || (self.training.pipelinePartition == 'blocks' ? self.model.nLayers % self.training.pipelineStages == 0 "
+                    ": self.model.nLayers >= self.training.pipelineStages)",
+                    message_expression="self.training.pipelinePartition == 'blocks' ? 'model.nLayers (%d) must be divisible by training.pipelineStages (%d) "
+                    "with training.pipelinePartition blocks (or set pipelinePartition: parameters)'.format([self.model.nLayers, self.training.pipelineStages]) "
+                    ": 'model.nLayers (%d) must be at least training.pipelineStages (%d)'.format([self.model.nLayers, self.training.pipelineStages])",
+                    field_path=".training.pipelineStages",
                 ),
                 cel("self.accelerator == 'gpu' || self.training.precision != 'fp16'", "training.precision fp16 needs accelerator gpu (use bf16 or fp32 on cpu)",
                     field_path=".training.precision"),
@@ -558,15 +608,34 @@ class LLMTrainingJobSpec(ApiModel):
     def world_size(self) -> int:
         return self.nodes * self.slots_per_node
 
+    @property
+    def data_parallel_size(self) -> int:
+        """Ranks that see different data: the world size over the pipeline stages."""
+        return self.world_size // self.training.pipeline_stages
+
+    def check_parallelism(self) -> None:
+        """Pipeline stages against the world size and the model's layers (model parallelism, issue 11 part B)."""
+        stages = self.training.pipeline_stages
+        if self.world_size % stages:
+            raise ValueError(f"training.pipelineStages ({stages}) must divide nodes × slotsPerNode = "
+                             f"{self.nodes} × {self.slots_per_node} = {self.world_size}")
+        layers = None if self.model.hugging_face_path else self.model.resolved().get("nLayers")
+        if layers is not None:
+            check_pipeline_layers(layers, stages, self.training.pipeline_partition)
+
     def batch_plan(self) -> tuple[int, int, int]:
-        """(micro batch per rank, gradient accumulation steps, global batch), checked."""
+        """(micro batch per rank, gradient accumulation steps, global batch), checked. With pipeline stages the
+        accumulation steps are the pipeline's micro-batches per step, and only the data-parallel ranks multiply."""
+        self.check_parallelism()
         micro = self.training.micro_batch_size
-        per_step = micro * self.world_size
+        per_step = micro * self.data_parallel_size
         global_batch = self.training.global_batch_size or per_step
         if global_batch % per_step:
+            stages = self.training.pipeline_stages
             raise ValueError(
-                f"training.globalBatchSize ({global_batch}) must be divisible by microBatchSize × nodes × slotsPerNode = "
-                f"{micro} × {self.nodes} × {self.slots_per_node} = {per_step}"
+                f"training.globalBatchSize ({global_batch}) must be divisible by microBatchSize × nodes × slotsPerNode"
+                + (f" / pipelineStages = {micro} × {self.nodes} × {self.slots_per_node} / {stages}" if stages > 1 else
+                   f" = {micro} × {self.nodes} × {self.slots_per_node}") + f" = {per_step}"
             )
         return micro, global_batch // per_step, global_batch
 
@@ -695,6 +764,15 @@ class LLMTrainingJob(BaseModel):
     def _check_names(self) -> "LLMTrainingJob":
         check_job_name(self.metadata.name, self.spec.nodes)
         return self
+
+
+def check_pipeline_layers(n_layers: int, stages: int, partition: str) -> None:
+    """model.nLayers against training.pipelineStages (also for Hugging Face models, once their config is read)."""
+    if partition == "blocks" and n_layers % stages:
+        raise ValueError(f"model.nLayers ({n_layers}) must be divisible by training.pipelineStages ({stages}) with "
+                         "training.pipelinePartition blocks (or set pipelinePartition: parameters)")
+    if n_layers < stages:
+        raise ValueError(f"model.nLayers ({n_layers}) must be at least training.pipelineStages ({stages})")
 
 
 def check_job_name(name: str, nodes: int) -> None:

@@ -48,6 +48,15 @@ class TestCRD:
              "data.validation: synthetic data holds out its own samples"),
             (lambda m: m["spec"].update(data={"format": "tokens", "paths": ["a.bin"], "validation": {"paths": ["v.bin"], "fraction": 0.1}}),
              "set exactly one of data.validation.paths and data.validation.fraction"),
+            # model parallelism (issue 11 part B)
+            (lambda m: m["spec"]["training"].update(pipelineStages=2, zeroStage=2),
+             "training.zeroStage (2) must be 0 or 1 with training.pipelineStages (2) > 1"),
+            (lambda m: m["spec"]["training"].update(pipelineStages=3), "training.pipelineStages (3) must divide nodes × slotsPerNode = 2 × 4 = 8"),
+            (lambda m: (m["spec"]["training"].update(pipelineStages=2),
+                        m["spec"].update(model={"architecture": "gpt", "nLayers": 3, "dModel": 64, "nHeads": 4})),
+             "model.nLayers (3) must be divisible by training.pipelineStages (2)"),
+            (lambda m: m["spec"]["training"].update(pipelineStages=2, globalBatchSize=6),
+             "training.globalBatchSize (6) must be divisible by microBatchSize × nodes × slotsPerNode / pipelineStages = 1 × 2 × 4 / 2 = 4"),
         ],
     )
     def test_api_server_rejects_invalid_manifests(self, control_plane, crd, namespace, mutate, expected):
@@ -56,6 +65,13 @@ class TestCRD:
         result = control_plane.kubectl("apply", "-n", namespace, "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
         assert result.returncode != 0
         assert expected in result.stderr
+
+    def test_pipeline_global_batch_counts_data_parallel_ranks_only(self, control_plane, crd, namespace):
+        """8 ranks in 2 stages: 4 data-parallel ranks, so a global batch of 4 is one micro-batch each (not 8)."""
+        manifest = job_manifest("piped")
+        manifest["spec"]["training"].update(pipelineStages=2, globalBatchSize=4)
+        result = control_plane.kubectl("apply", "-n", namespace, "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
+        assert result.returncode == 0, result.stderr
 
     def test_schema_defaults_are_applied_by_the_api_server(self, control_plane, crd, namespace):
         control_plane.apply(job_manifest("defaults"), namespace)
