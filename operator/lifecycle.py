@@ -531,6 +531,8 @@ def _succeed(d: _Draft, pods: Sequence[Pod]) -> Decision:
     d.clear(RESTARTING, "JobSucceeded", message)
     d.condition(RUNNING, "False", "JobSucceeded", message)
     d.condition(SUCCEEDED, "True", "JobSucceeded", message)
+    if d.final_state and d.final_state.get("resized"):  # the trainer resumed through a universal checkpoint
+        d.events.append(Event("Normal", "ResumedOnAnotherWorldSize", str(d.final_state["resized"])))
     return _finished(d, pods)
 
 

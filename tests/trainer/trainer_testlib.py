@@ -68,10 +68,13 @@ class Run:
     out: Path
     logs: list[Path]
     port: str = ""  # the rendezvous port (MASTER_PORT)
+    summary_text: Optional[str] = None  # summary.json as this run left it: a later run in the same directory rewrites it
 
     @property
     def summary(self) -> dict[str, Any]:
-        return json.loads((self.out / "summary.json").read_text())
+        if self.summary_text is None:
+            raise FileNotFoundError(f"{self.out / 'summary.json'}: the run wrote none")
+        return json.loads(self.summary_text)
 
     @property
     def losses(self) -> dict[int, float]:
@@ -102,6 +105,7 @@ def start_ranks(job: Path, out: Path, world: int = 2, args: tuple[str, ...] = ()
 def run_ranks(job: Path, out: Path, world: int = 2, args: tuple[str, ...] = (), env: Optional[dict] = None,
               timeout: float = 240) -> Run:
     port = str(free_port())
+    started = time.time()
     procs, logs = start_ranks(job, out, world, args, env, port=port)
     deadline = time.monotonic() + timeout
     codes = []
@@ -113,7 +117,9 @@ def run_ranks(job: Path, out: Path, world: int = 2, args: tuple[str, ...] = (), 
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return Run(codes, out, logs, port)
+    summary = out / "summary.json"
+    written = summary.exists() and summary.stat().st_mtime >= started  # not an earlier run's
+    return Run(codes, out, logs, port, summary.read_text() if written else None)
 
 
 @dataclass

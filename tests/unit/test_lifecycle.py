@@ -410,3 +410,15 @@ def test_bad_input_message_from_the_launcher_becomes_the_failure(make_job):
     failure = status["failure"]
     assert failure["exitCode"] == 5 and "data.paths: /data/train.bin" in failure["message"] and "data.tokenDtype" in failure["message"]
     assert failure["reason"] == "InvalidInput" and status["phase"] == "Failed" and status["restarts"] == 0  # no restart can fix it
+
+
+def test_a_run_resumed_on_another_world_size_says_so_in_an_event(make_job):
+    from llm_operator.api.contract import final_state_line
+
+    job = make_job()
+    total = job.spec.training.steps
+    resized = "resumed global_step10 (saved by 2 data-parallel ranks) on 1 through a universal checkpoint"
+    final = final_state_line({"step": total, "totalSteps": total, "loss": 2.0, "outcome": "complete", "resized": resized})
+    done = run(job, [pod(0, "Succeeded", exit_code=0, finished=20, message=f"training complete (exit 0)\n{final}"),
+                     pod(1, "Succeeded", exit_code=0, finished=20)], running_status(job), now=30)
+    assert [(e.type, e.message) for e in done.events if e.reason == "ResumedOnAnotherWorldSize"] == [("Normal", resized)]
