@@ -96,6 +96,7 @@ build_target() {
   rm -f "$CACHE/${target}-"*.tar   # one cached tar per target
   buildah push --quiet "$ref" "docker-archive:$tar.partial:$ref" >/dev/null
   mv "$tar.partial" "$tar"
+  buildah rmi "$ref" >/dev/null 2>&1 || true   # the tar is the cache; buildah's copy would only take disk
   log "${target} built in $((SECONDS - t0))s ($(du -h "$tar" | cut -f1))"
   echo "$target $ref $tar"
 }

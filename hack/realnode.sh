@@ -331,7 +331,7 @@ state = "$STATE/containerd/state"
   [plugins.'io.containerd.grpc.v1.cri'.x509_key_pair_streaming]
     tls_cert_file = ""
 EOT
-  printf 'search .\n' >"$STATE/resolv.conf"   # pods' host-side resolv.conf: nothing from this machine
+  : >"$STATE/resolv.conf"   # the pods' base resolv.conf: nothing from this machine's
   cat >"$STATE/kubelet.yaml" <<EOK
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
