@@ -265,10 +265,10 @@ def test_job_trains_to_succeeded(control_plane: ControlPlane, cluster_operator, 
         status = wait_phase(cp, real_ns, name, "Succeeded")
         summary = assert_trained(cp, real_ns, name, status, host_dir)
         print(f"{mode}: {summary['steps']} steps, loss {summary['initial_loss']:.3f} -> {summary['final_loss']:.3f}")
-        # the training lines are in the pod logs (rank 0's worker pod prints them)
+        # the training lines are in the pod logs (rank 0's worker pod prints them; pdsh prefixes "<host>: ")
         pod0 = worker_pods(cp, real_ns, name)[0]["metadata"]["name"]
         logs = cp.kubectl("-n", real_ns, "logs", pod0).stdout
-        steps = [json.loads(line) for line in logs.splitlines() if line.startswith("{") and '"loss"' in line]
+        steps = [json.loads(line[line.index("{"):]) for line in logs.splitlines() if '{"step": ' in line]
         assert steps and steps[-1]["step"] == summary["steps"], logs[-3000:]
     finally:
         cp.kubectl("-n", real_ns, "delete", "ltj", name, "--wait=true", "--timeout=120s", check=False, timeout=150)
