@@ -43,22 +43,23 @@ build_base() {
     buildah pull --quiet "docker-archive:$tar" >/dev/null; log "base ${ref}: loaded from ${tar}"; echo "$ref"; return
   fi
   log "building base ${ref}: debootstrap ${DEBIAN_SUITE} (cold: ~2-3 min) ..."
-  local rootfs; rootfs="$(mktemp -d "${TMPDIR:-/tmp}/llmto-rootfs.XXXXXX")"
-  # shellcheck disable=SC2064
-  trap "rm -rf '$rootfs'" RETURN
-  debootstrap --variant=minbase --include="$BASE_PACKAGES" "$DEBIAN_SUITE" "$rootfs" "$DEBIAN_MIRROR" \
+  # globals, so the EXIT trap of a failed build still sees them
+  BASE_ROOTFS="$(mktemp -d "${TMPDIR:-/tmp}/llmto-rootfs.XXXXXX")"; BASE_CTR=""
+  trap 'rm -rf "$BASE_ROOTFS"; [[ -z "$BASE_CTR" ]] || buildah rm "$BASE_CTR" >/dev/null 2>&1 || true' EXIT
+  debootstrap --variant=minbase --include="$BASE_PACKAGES" "$DEBIAN_SUITE" "$BASE_ROOTFS" "$DEBIAN_MIRROR" \
     >"$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed"; }
-  chroot "$rootfs" python3 -m venv /opt/python
-  chroot "$rootfs" apt-get clean
-  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin
-  local ctr; ctr="$(buildah from scratch)"
-  local mnt; mnt="$(buildah mount "$ctr")"
-  tar -C "$rootfs" -c . | tar -C "$mnt" -x
-  buildah umount "$ctr" >/dev/null
+  chroot "$BASE_ROOTFS" python3 -m venv /opt/python
+  chroot "$BASE_ROOTFS" apt-get clean
+  rm -rf "$BASE_ROOTFS"/var/lib/apt/lists/* "$BASE_ROOTFS"/var/cache/apt/*.bin
+  BASE_CTR="$(buildah from scratch)"
+  local mnt; mnt="$(buildah mount "$BASE_CTR")"
+  tar -C "$BASE_ROOTFS" -c . | tar -C "$mnt" -x
+  buildah umount "$BASE_CTR" >/dev/null
   buildah config --env PATH=/opt/python/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --env LANG=C.UTF-8 --cmd /bin/bash --os linux --arch amd64 "$ctr"
-  buildah commit --quiet --rm "$ctr" "$ref" >/dev/null
+    --env LANG=C.UTF-8 --cmd /bin/bash --os linux --arch amd64 "$BASE_CTR"
+  buildah commit --quiet --rm "$BASE_CTR" "$ref" >/dev/null; BASE_CTR=""
   buildah push --quiet "$ref" "docker-archive:$tar:$ref" >/dev/null
+  rm -rf "$BASE_ROOTFS"; trap - EXIT
   log "base ${ref} built in $((SECONDS - t0))s"
   echo "$ref"
 }

@@ -227,8 +227,6 @@ EOK
 CHAIN="LLMTO-${BRIDGE}"   # our own chains (filter and nat), jumped to from FORWARD/INPUT and PREROUTING
 setup_network() {
   local apiport; apiport="$(awk -F: '/server:/ {print $NF; exit}' "${CP_DIR}/kubeconfig")"
-  ip link show "$BRIDGE" >/dev/null 2>&1 && die "bridge ${BRIDGE} exists: another real node? (hack/realnode.sh down)"
-  ip -4 route show | grep -q "^${SUBNET} " && die "${SUBNET} is already routed on this machine"
   ip link add "$BRIDGE" type bridge
   echo "$BRIDGE" >"$STATE/bridge"
   ip addr add "${NODE_IP}/24" dev "$BRIDGE"
@@ -271,18 +269,18 @@ EOC
 }
 
 teardown_network() {
-  local t
+  local t parent
   for t in filter nat; do
-    case $t in filter) t_parent=FORWARD ;; nat) t_parent=PREROUTING ;; esac
-    while iptables -t "$t" -S "$t_parent" 2>/dev/null | grep -q -- "-j ${CHAIN}\$"; do
-      iptables -t "$t" -S "$t_parent" | grep -- "-j ${CHAIN}\$" | head -n1 | sed 's/^-A /-D /' \
+    case $t in filter) parent=FORWARD ;; nat) parent=PREROUTING ;; esac
+    # every jump to our chain (a failed `up` may have left two), then the chain
+    while iptables -t "$t" -S "$parent" 2>/dev/null | grep -q -- "-j ${CHAIN}\$"; do
+      iptables -t "$t" -S "$parent" | grep -- "-j ${CHAIN}\$" | head -n1 | sed 's/^-A /-D /' \
         | xargs iptables -t "$t" || break
     done
     if iptables -t "$t" -S "$CHAIN" >/dev/null 2>&1; then
       iptables -t "$t" -F "$CHAIN"; iptables -t "$t" -X "$CHAIN"
     fi
   done
-  # the portmap plugin's chains, if it ever made any for our pods (we declare no hostPorts)
   if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; log "removed bridge ${BRIDGE}"; fi
 }
 
@@ -452,6 +450,9 @@ cmd_up() {
   if [[ -d "$STATE" ]]; then log "stale real node state: cleaning up first"; cmd_down; fi
   for c in runc iptables ip; do command -v "$c" >/dev/null || die "$c missing: hack/realnode.sh deps"; done
   [[ -x "${CNI_BIN_DIR}/bridge" ]] || die "CNI plugins missing in ${CNI_BIN_DIR}: hack/realnode.sh deps"
+  # checked before anything is set up, so that the clean-up of a failed `up` never touches them
+  ip link show "$BRIDGE" >/dev/null 2>&1 && die "bridge ${BRIDGE} exists: another real node? (REALNODE_BRIDGE picks another)"
+  ip -4 route show | grep -q "^${SUBNET} " && die "${SUBNET} is already routed on this machine (REALNODE_SUBNET_PREFIX)"
   cmd_build
   local t0=$SECONDS
   mkdir -p "$STATE"/{logs,pids,pki,pod-logs}
