@@ -228,6 +228,7 @@ CHAIN="LLMTO-${BRIDGE}"   # our own chains (filter and nat), jumped to from FORW
 setup_network() {
   local apiport; apiport="$(awk -F: '/server:/ {print $NF; exit}' "${CP_DIR}/kubeconfig")"
   ip link add "$BRIDGE" type bridge
+  ip link set "$BRIDGE" alias "llmto:${STATE}"
   echo "$BRIDGE" >"$STATE/bridge"
   ip addr add "${NODE_IP}/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
@@ -451,7 +452,16 @@ cmd_up() {
   for c in runc iptables ip; do command -v "$c" >/dev/null || die "$c missing: hack/realnode.sh deps"; done
   [[ -x "${CNI_BIN_DIR}/bridge" ]] || die "CNI plugins missing in ${CNI_BIN_DIR}: hack/realnode.sh deps"
   # checked before anything is set up, so that the clean-up of a failed `up` never touches them
-  ip link show "$BRIDGE" >/dev/null 2>&1 && die "bridge ${BRIDGE} exists: another real node? (REALNODE_BRIDGE picks another)"
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then
+    # the bridge's alias names the state dir that made it: a dir whose kubelet is gone left it behind
+    # (a killed session); a live one is another real node
+    local owner; owner="$(cat "/sys/class/net/${BRIDGE}/ifalias" 2>/dev/null || true)"
+    if [[ "$owner" == llmto:* ]] && ! STATE="${owner#llmto:}" alive_pid kubelet >/dev/null; then
+      log "removing the network left by a real node that is gone (${owner#llmto:})"; teardown_network
+    else
+      die "bridge ${BRIDGE} exists: another real node? (REALNODE_BRIDGE picks another)"
+    fi
+  fi
   ip -4 route show | grep -q "^${SUBNET} " && die "${SUBNET} is already routed on this machine (REALNODE_SUBNET_PREFIX)"
   cmd_build
   local t0=$SECONDS
