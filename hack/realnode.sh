@@ -457,7 +457,7 @@ cmd_up() {
     # (a killed session); a live one is another real node
     local owner; owner="$(cat "/sys/class/net/${BRIDGE}/ifalias" 2>/dev/null || true)"
     if [[ "$owner" == llmto:* ]] && ! STATE="${owner#llmto:}" alive_pid kubelet >/dev/null; then
-      log "removing the network left by a real node that is gone (${owner#llmto:})"; teardown_network
+      log "cleaning up after a real node that is gone (${owner#llmto:})"; (STATE="${owner#llmto:}"; cmd_down)
     else
       die "bridge ${BRIDGE} exists: another real node? (REALNODE_BRIDGE picks another)"
     fi
