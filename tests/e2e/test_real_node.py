@@ -148,7 +148,8 @@ def checkpoint_claim(control_plane: ControlPlane, real_ns: str, tmp_path: Path, 
     cp.kubectl("delete", "pv", f"{real_ns}-{name}", "--wait=false", check=False)
 
 
-def real_job(name: str, image: str, claim: str, mode: str = "noSsh", steps: int = 40, **extra: Any) -> dict:
+def real_job(name: str, image: str, claim: str, mode: str = "noSsh", steps: int = 40, checkpoint_every: int = 10,
+             log_every: int = 5) -> dict:
     spec: dict[str, Any] = {
         "image": image,
         "accelerator": "cpu",
@@ -159,11 +160,11 @@ def real_job(name: str, image: str, claim: str, mode: str = "noSsh", steps: int 
         "model": {"preset": "tiny"},
         "data": {"format": "synthetic"},
         "training": {"steps": steps, "microBatchSize": 4, "globalBatchSize": 8, "precision": "fp32", "zeroStage": 1,
-                     "learningRate": 0.003, "warmupSteps": 5, "logIntervalSteps": 5, "compile": False},
-        "checkpoint": {"volume": {"persistentVolumeClaim": {"claimName": claim}}, "intervalSteps": 10, "keep": 2},
+                     "learningRate": 0.003, "warmupSteps": 5, "logIntervalSteps": log_every, "compile": False},
+        "checkpoint": {"volume": {"persistentVolumeClaim": {"claimName": claim}}, "intervalSteps": checkpoint_every,
+                       "keep": 2},
         "podTemplate": {"nodeSelector": REAL_NODE_SELECTOR, "tolerations": [REAL_NODE_TOLERATION],
                         "terminationGracePeriodSeconds": 30},
-        **extra,
     }
     return {"apiVersion": "llmtraining.dev/v1alpha1", "kind": "LLMTrainingJob", "metadata": {"name": name}, "spec": spec}
 
@@ -279,12 +280,14 @@ def test_killed_worker_fails_the_gang_which_resumes_from_its_checkpoint(
     cp = control_plane
     claim, host_dir = checkpoint_claim
     name = "tiny-killed"
-    cp.apply(real_job(name, images["trainer-cpu"], claim, steps=60), namespace=real_ns)
+    # long enough that the kill lands mid-run however fast this machine trains the tiny model (~30 steps/s idle)
+    cp.apply(real_job(name, images["trainer-cpu"], claim, steps=1000, checkpoint_every=100, log_every=20),
+             namespace=real_ns)
     try:
-        # past a checkpoint (every 10 steps), then SIGKILL rank 1's training process
-        cp.wait_for(lambda: ((job_status(cp, real_ns, name).get("lastCheckpoint") or {}).get("step", 0) >= 10
-                             and job_status(cp, real_ns, name)["progress"]["step"] < 50),
-                    timeout=JOB_TIMEOUT, interval=1, what="a checkpoint")
+        # past the first checkpoint, then SIGKILL rank 1's training process
+        status = cp.wait_for(lambda: (lambda s: s if (s.get("lastCheckpoint") or {}).get("step", 0) >= 100 else None)(
+            job_status(cp, real_ns, name)), timeout=JOB_TIMEOUT, interval=0.5, what="a checkpoint")
+        assert status["progress"]["step"] < 900, f"too late to kill a worker mid-run: {status['progress']}"
         victim = worker_pods(cp, real_ns, name)[1]
         pids = host_processes(victim["metadata"]["uid"], "-m llm_trainer.worker")  # the rank, not its launcher
         assert pids, "rank 1's training process not found"
