@@ -2,16 +2,21 @@
 # Two images from the one pyproject.toml:
 #   docker build --target operator -t ghcr.io/llmtraining/operator:0.1.0 .   # the Kopf operator (no PyTorch)
 #   docker build --target trainer  -t ghcr.io/llmtraining/trainer:0.1.0 .    # the worker pods (PyTorch CUDA, DeepSpeed)
+#   docker build --target trainer-cpu ...  # the trainer with DeepSpeed's CPU ops compiled in (accelerator: cpu)
+# The base images are build arguments: hack/images.sh builds all three with buildah from a Debian rootfs
+# (PYTHON_IMAGE = CUDA_IMAGE = a debootstrap image whose PATH starts with a venv) for the real-node tests.
 # tests/unit/test_packaging.py lints this file (hadolint) and replays its installs against the test venv.
 
 ARG PYTHON_VERSION=3.12
 # CUDA of the base image = CUDA of the PyTorch build (nvcc JIT-builds must match torch.version.cuda).
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-devel-ubuntu24.04
+# Base of the wheel and operator stages: any image with python and pip on PATH.
+ARG PYTHON_IMAGE=python:${PYTHON_VERSION}-slim
 
 # ------------------------------------------------------------------------------------------------ wheel --
 # The project wheel (llm_operator + llm_trainer + both console scripts), built once for both images,
 # and the operator's requirements derived from pyproject.toml.
-FROM python:${PYTHON_VERSION}-slim AS wheel
+FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
@@ -21,7 +26,7 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && python hack/operator-requirements.py pyproject.toml > /wheels/operator-requirements.txt
 
 # --------------------------------------------------------------------------------------------- operator --
-FROM python:${PYTHON_VERSION}-slim AS operator
+FROM ${PYTHON_IMAGE} AS operator
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -77,3 +82,18 @@ WORKDIR /home/llm
 EXPOSE 2222 29500 29600
 # Worker pods set their own command (`llm-train launch ... -- deepspeed ...`).
 CMD ["llm-train", "launch", "--help"]
+
+# ------------------------------------------------------------------------------------------ trainer-cpu --
+# For `accelerator: cpu` jobs: DeepSpeed reinstalled with its CPU shared-memory allreduce op compiled in
+# (DS_BUILD_SHM_COMM), so a pod's first step does not wait minutes for the op's JIT build; the pods'
+# TORCH_EXTENSIONS_DIR is an emptyDir, so a JIT cache in the image would not be seen. Compiled for this
+# CPU's instruction set (DeepSpeed's CPU builders use -march=native): build it where it runs.
+FROM trainer AS trainer-cpu
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+USER 0:0
+ENV DS_ACCELERATOR=cpu
+RUN pip install --no-cache-dir setuptools==80.9.0 wheel==0.45.1 \
+ && DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 pip install --no-cache-dir --no-build-isolation --no-deps --force-reinstall \
+      "deepspeed==$(pip show deepspeed | sed -n 's/^Version: //p')" \
+ && python -c "from deepspeed.git_version_info import installed_ops as o; assert o['deepspeed_shm_comm'], o"
+USER 1000:1000

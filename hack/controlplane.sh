@@ -3,7 +3,8 @@
 #
 #   hack/controlplane.sh build   # build pinned binaries into the cache (seconds when warm)
 #   hack/controlplane.sh up      # start etcd, apiserver, controller-manager, scheduler, kwok + 3 fake GPU nodes
-#   hack/controlplane.sh down    # stop what `up` started and remove the state dir
+#   hack/controlplane.sh up --real-node  # also a real node (containerd, kubelet, CoreDNS): hack/realnode.sh
+#   hack/controlplane.sh down    # stop what `up` started (the real node too) and remove the state dir
 #   hack/controlplane.sh env     # print `export KUBECONFIG=...; export PATH=...`
 #   hack/controlplane.sh status  # show component pids and health (exit 0 only when healthy)
 #   hack/controlplane.sh restart COMPONENT  # stop one component (e.g. kube-apiserver) and start it again
@@ -276,6 +277,8 @@ gen_pki() {
   sign_cert kwok "/O=system:masters/CN=kwok-controller" clientAuth
   # request-header (front proxy) client cert for the aggregation layer; same CA, fixed CN
   sign_cert front-proxy-client "/CN=front-proxy-client" clientAuth
+  # the API server's client cert towards kubelets (logs, exec): only a real node has one (hack/realnode.sh)
+  sign_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
   # service-account token signing key pair
   openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
   openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -381,6 +384,8 @@ start_apiserver() {
     --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
     --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" --kubelet-preferred-address-types=InternalIP,Hostname \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/sa.pub" \
     --service-account-signing-key-file="$PKI/sa.key" \
@@ -508,8 +513,11 @@ print_env() {
 }
 
 cmd_up() {
+  local real_node=0
+  [[ "${1:-}" == --real-node ]] && real_node=1
   if healthy; then
     log "control plane already up (state: ${STATE_DIR})"
+    if ((real_node)); then up_real_node; fi
     print_env; return
   fi
   if [[ -d "$STATE_DIR" ]]; then
@@ -534,6 +542,7 @@ cmd_up() {
   start_kwok
   wait_for "${NODE_COUNT} nodes Ready" 120 kwok nodes_ready
   wait_for "default ServiceAccount" 60 kube-controller-manager default_sa_exists
+  if ((real_node)); then up_real_node; fi
   trap - EXIT
   log "control plane up in $((SECONDS - t0))s: apiserver https://127.0.0.1:${APISERVER_PORT}, logs in ${LOGS}"
   print_env
@@ -580,8 +589,15 @@ cmd_restart() {
   esac
 }
 
+# the real node (hack/realnode.sh): containerd, kubelet, CoreDNS, a bridge network; state in $STATE_DIR/realnode
+up_real_node() {
+  LLMTO_CP_DIR="$STATE_DIR" bash "$ROOT/hack/realnode.sh" status >/dev/null 2>&1 && { log "real node already up"; return; }
+  LLMTO_CP_DIR="$STATE_DIR" bash "$ROOT/hack/realnode.sh" up 9>&-
+}
+
 cmd_down() {
   bash "$ROOT/hack/kueue.sh" down 2>/dev/null || true  # Kueue (hack/kueue.sh), if it was started on this control plane
+  if [[ -d "$STATE_DIR/realnode" ]]; then LLMTO_CP_DIR="$STATE_DIR" bash "$ROOT/hack/realnode.sh" down 9>&- || true; fi
   stop_all
   # refuse to delete anything that does not look like our state dir
   if [[ -d "$STATE_DIR" ]]; then

@@ -557,7 +557,8 @@ def test_dockerfile_targets():
     st = stages()
     assert {"wheel", "operator", "trainer"} <= st.keys()
     op = st["operator"]
-    assert re.search(r"^FROM python:\$\{PYTHON_VERSION\}-slim AS operator", op, re.M)
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\} AS operator", op, re.M)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:\$\{PYTHON_VERSION\}-slim$", DOCKERFILE.read_text(), re.M)
     assert re.search(r'^ENTRYPOINT \["llm-operator"\]', op, re.M) and 'CMD ["run"]' in op
     assert re.search(r"^USER 65532:65532$", op, re.M)  # numeric: kubelet can verify runAsNonRoot
     assert "PYTHONDONTWRITEBYTECODE=1" in op  # read-only root filesystem
