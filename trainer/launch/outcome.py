@@ -39,7 +39,7 @@ def _outcome(returncode: int, marker_present: Optional[bool], received: Optional
     if returncode < 0:
         sig = -returncode
         hint = "" if received else (
-            "; nobody here sent it, so it was probably the OOM killer (see `kubectl describe pod`, node dmesg)"
+            "; nobody in this pod sent it: the OOM killer or a kill from outside (see `kubectl describe pod`, node dmesg)"
             if sig == signal.SIGKILL else ""
         )
         return 128 + sig, f"command was killed by {signal_name(sig)}{stopped}{hint}"
@@ -49,7 +49,7 @@ def _outcome(returncode: int, marker_present: Optional[bool], received: Optional
             # deepspeed.launcher.launch exits with sys.exit(rank.returncode), i.e. 256-N for signal N.
             sig = 256 - returncode
             msg += f" (DeepSpeed's way of saying a rank was killed by {signal_name(sig)}"
-            msg += ": probably the OOM killer)" if sig == signal.SIGKILL and not received else ")"
+            msg += ": the OOM killer or a kill from outside)" if sig == signal.SIGKILL and not received else ")"
         return returncode, msg
     if marker_present is False:
         if preempted is not None:
