@@ -8,26 +8,28 @@ tables every transition.
                     passed, create the next gang (pods labelled with the new restart count)
     any → Failed: a FailJob rule, backoffLimit spent, activeDeadlineSeconds passed
     any → Suspended while runPolicy.suspend (the gang stopped, the deadline clock paused) → a new gang on resume
-    Kueue (kueue.py): a job labelled kueue.x-k8s.io/queue-name stays Pending, condition Queued, with no pods until
-    its Workload is admitted; evicted (preempted), its gang is stopped as on suspend and it queues again.
+    Kueue (queueing.py, kueue.py): a job labelled kueue.x-k8s.io/queue-name stays Pending, condition Queued,
+    with no pods until its Workload is admitted; evicted (preempted), its gang is stopped as on suspend and it
+    queues again.
 
-The status is the only memory: it is written before pods are stopped, so an operator killed at any
-point finds the restart count it decided and converges to exactly one gang.
+The working state (Draft, Decision, Event) is draft.py's. The status is the only memory: it is written before
+pods are stopped, so an operator killed at any point finds the restart count it decided and converges to
+exactly one gang.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Mapping, Optional, Sequence
 
 from .api import LLMTrainingJob
 from .api.contract import parse_final_state
 from .clock import parse_time, rfc3339, seconds_between
-from .conditions import CREATED, FAILED, GANG_SCHEDULED, QUEUED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, find, is_true, set_condition
+from .conditions import CREATED, FAILED, GANG_SCHEDULED, QUEUED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, find, is_true
+from .draft import TERMINAL_PHASES, Decision, Draft, Event, LifecycleSettings, restart_backoff
 from .failures import Failure, action_for, deleted_pod, failed_pod, first_of, node_lost, stalled, vanished_pod
-from .kueue import Admission, admission_of, finish_patch, queue_name, release_quota_patch
+from .kueue import admission_of
 from .pods import (
     Pod,
     has_failed,
@@ -37,133 +39,39 @@ from .pods import (
     is_ready,
     is_running,
     is_terminating,
-    name_of,
     node_rank,
     not_ready_since,
     restart_of,
     terminated_state,
 )
+from .queueing import admitted, queued_by_kueue, settle_workload, wait_for_admission
 from .render.gang import UNAVAILABLE, GangPlan
 from .render.names import checkpoint_dir, worker_name
 
-TERMINAL_PHASES = ("Succeeded", "Failed")
+DEFAULT_SETTINGS = LifecycleSettings()
 
-
-@dataclass(frozen=True)
-class LifecycleSettings:
-    """Operator-wide timings (command-line flags), not part of the API."""
-
-    restart_backoff_seconds: float = 10.0  # first counted restart; doubles with each one
-    restart_backoff_max_seconds: float = 300.0
-    node_lost_grace_seconds: float = 60.0  # a running worker not Ready this long has lost its node
-    kueue: bool = False  # --kueue: jobs labelled kueue.x-k8s.io/queue-name wait for Kueue's admission
-
-
-@dataclass
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Decision:
-    status: dict[str, Any]
-    events: list[Event] = field(default_factory=list)
-    create_pods: bool = False  # create the missing pods of gang status.restarts
-    delete_pods: list[str] = field(default_factory=list)  # stop these: SIGTERM, then SIGKILL after their grace period
-    delete_job: bool = False  # ttlSecondsAfterFinished has passed
-    wake_after: Optional[float] = None  # seconds until a timer may fire with no event in between
-    create_workload: bool = False  # Kueue: create the job's Workload (kueue.build_workload)
-    workload_patch: Optional[dict[str, Any]] = None  # Kueue: a merge patch of the Workload (release quota, finished)
-    delete_workload: bool = False  # Kueue: the job is suspended; its Workload goes (a new one on resume)
-
-    @property
-    def finished(self) -> bool:
-        return self.status.get("phase") in TERMINAL_PHASES
-
-
-def restart_backoff(counted_restarts: int, settings: LifecycleSettings) -> float:
-    """Exponential and capped, like a Job's pod backoff: a crash loop must not hammer the scheduler."""
-    if counted_restarts <= 0:
-        return 0.0
-    return min(settings.restart_backoff_seconds * 2 ** (counted_restarts - 1), settings.restart_backoff_max_seconds)
-
-
-class _Draft:
-    """The status being decided, and the condition setters that emit an Event on a transition."""
-
-    def __init__(self, job: LLMTrainingJob, generation: Optional[int], previous: Mapping[str, Any], now: datetime):
-        self.job, self.now, self.stamp, self.generation = job, now, rfc3339(now), generation
-        self.previous = dict(previous)
-        self.status: dict[str, Any] = {k: v for k, v in previous.items() if k != "conditions"}
-        self.status["observedGeneration"] = generation
-        self.status.setdefault("restarts", 0)
-        self.status.setdefault("countedRestarts", 0)
-        self.conditions = [dict(c) for c in previous.get("conditions") or []]
-        self.events: list[Event] = []
-        self.phase: str = previous.get("phase") or "Pending"
-        self.wakes: list[datetime] = []
-        self.final_state: Optional[dict[str, Any]] = None  # worker 0's termination message, once training ended
-        self.delete: list[str] = []
-
-    # ---------------------------------------------------------------------------------- reading
-    @property
-    def restarts(self) -> int:
-        return int(self.status["restarts"])
-
-    def time(self, key: str) -> Optional[datetime]:
-        return parse_time(self.status.get(key))
-
-    def since(self, condition_type: str) -> Optional[datetime]:
-        """When a condition became True (None unless it is True)."""
-        found = find(self.conditions, condition_type)
-        return parse_time(found.get("lastTransitionTime")) if found and found["status"] == "True" else None
-
-    # ---------------------------------------------------------------------------------- writing
-    def condition(self, type_: str, status: str, reason: str, message: str, event: Optional[str] = "Normal") -> None:
-        if set_condition(self.conditions, type_, status, reason, message, self.stamp, self.generation) and status == "True" and event:
-            self.events.append(Event(event, reason, message))
-
-    def clear(self, type_: str, reason: str, message: str) -> None:
-        """Set a condition False, if it exists (no condition is better than a pile of False ones)."""
-        if find(self.conditions, type_) is not None:
-            self.condition(type_, "False", reason, message)
-
-    def wake_at(self, moment: datetime) -> None:
-        self.wakes.append(moment)
-
-    def stop(self, pods: Sequence[Pod]) -> None:
-        self.delete += [name_of(p) for p in pods if not is_terminating(p) and name_of(p) not in self.delete]
-
-    def decision(self, **actions: Any) -> Decision:
-        self.status["phase"] = self.phase
-        self.status["conditions"] = self.conditions
-        wake = min(self.wakes, default=None)
-        wake_after = max(0.0, (wake - self.now).total_seconds()) if wake else None
-        status = {k: v for k, v in self.status.items() if v is not None}
-        return Decision(status=status, events=self.events, delete_pods=self.delete, wake_after=wake_after, **actions)
+__all__ = ["TERMINAL_PHASES", "Decision", "Event", "LifecycleSettings", "decide", "restart_backoff", "status_patch"]
 
 
 # ============================================================================================ decide
 def decide(job: LLMTrainingJob, generation: Optional[int], pods: Sequence[Pod], previous: Optional[Mapping[str, Any]], now: datetime, *,
            observed_since: datetime, reported: Optional[Mapping[str, Any]] = None,
-           settings: LifecycleSettings = LifecycleSettings(), gang_plan: Optional[GangPlan] = None,
+           settings: LifecycleSettings = DEFAULT_SETTINGS, gang_plan: Optional[GangPlan] = None,
            workload: Optional[Mapping[str, Any]] = None) -> Decision:
     """pods: every pod the job owns, of any gang. observed_since: when this operator process began watching the
     job (a stall is never judged on time it did not watch). reported: rank 0's metrics (progress.parse_progress)
     with the UID of the pod they were read from. gang_plan: the job's gang scheduler (render.gang.plan_gang),
     reported in the GangScheduled condition; one the cluster cannot serve fails the job. workload: the job's
     Kueue Workload (kueue.slim_workload), if any."""
-    d = _Draft(job, generation, previous or {}, now)
-    queued = settings.kueue and _queued_by_kueue(d)
+    d = Draft(job, generation, previous or {}, now)
+    queued = settings.kueue and queued_by_kueue(d)
     decision = _decide(d, pods, observed_since, reported, settings, gang_plan, workload if queued else None, queued)
     if queued and workload is not None:
-        _settle_workload(d, decision, workload)
+        settle_workload(d, decision, workload)
     return decision
 
 
-def _decide(d: _Draft, pods: Sequence[Pod], observed_since: datetime, reported: Optional[Mapping[str, Any]],
+def _decide(d: Draft, pods: Sequence[Pod], observed_since: datetime, reported: Optional[Mapping[str, Any]],
             settings: LifecycleSettings, gang_plan: Optional[GangPlan], workload: Optional[Mapping[str, Any]], queued: bool) -> Decision:
     job, now = d.job, d.now
     gang = [p for p in pods if restart_of(p) == d.restarts]
@@ -186,9 +94,9 @@ def _decide(d: _Draft, pods: Sequence[Pod], observed_since: datetime, reported: 
     if d.phase == "Suspended":
         _resume(d)
     if queued and not (admission := admission_of(workload)).may_run:
-        return _wait_for_admission(d, pods, admission, workload)
+        return wait_for_admission(d, pods, admission, workload)
     if queued:
-        _admitted(d, admission)
+        admitted(d, admission)
     if _deadline_passed(d):
         return _fail_deadline(d, pods)
     if leftovers:  # an earlier gang is still there: never two gangs at once
@@ -211,73 +119,8 @@ def _decide(d: _Draft, pods: Sequence[Pod], observed_since: datetime, reported: 
     return d.decision()
 
 
-# ============================================================================================ Kueue
-def _queued_by_kueue(d: _Draft) -> bool:
-    """Labelled with a LocalQueue, and either queued already or not started: a label added to a job that already
-    ran without Kueue does not stop it (Kueue's own webhooks forbid that edit on a running job)."""
-    return queue_name(d.job) is not None and (find(d.conditions, QUEUED) is not None or not d.status.get("startTime"))
-
-
-def _wait_for_admission(d: _Draft, pods: Sequence[Pod], admission: Admission, workload: Optional[Mapping[str, Any]]) -> Decision:
-    """No pods until the Workload is admitted. Evicted while the gang ran: stop it as a suspension would (a new
-    incarnation, not counted toward backoffLimit), then give the quota back so that Kueue queues the job again."""
-    queue = queue_name(d.job)
-    evicted = admission.evicted
-    gang_exists = any(restart_of(p) == d.restarts for p in pods) or is_true(d.conditions, CREATED)
-    if gang_exists:  # evicted, or the Workload deleted under a running gang; once: the next gang is a new incarnation
-        d.status["restarts"] = d.restarts + 1
-        d.status.pop("restartTime", None)
-        d.phase = "Pending"
-        reason = (evicted.get("reason") or "Evicted") if evicted is not None else "AdmissionLost"
-        cause = (f"evicted by Kueue ({reason}: {evicted.get('message', '')})" if evicted is not None
-                 else "its Kueue Workload is no longer admitted" + ("" if admission.exists else " (it was deleted)"))
-        message = (f"{cause}; the gang was stopped (SIGTERM, so the trainer saved a checkpoint) and the job waits for "
-                   f"admission again in LocalQueue {queue}")
-        d.condition(QUEUED, "True", reason, message, event=None)
-        d.events.append(Event("Warning", "Evicted", message))
-        d.condition(CREATED, "False", "Evicted", message)
-        d.condition(RUNNING, "False", "Evicted", message)
-        d.clear(RESTARTING, "Evicted", message)
-        d.clear(STALLED, "Evicted", message)
-    elif not is_true(d.conditions, QUEUED):
-        d.phase = "Pending"
-        why = f": {admission.pending_message}" if admission.pending_message else ""
-        d.condition(QUEUED, "True", "WaitingForAdmission", f"waiting for Kueue admission in LocalQueue {queue}{why}")
-    elif admission.pending_message and (find(d.conditions, QUEUED) or {}).get("reason") == "WaitingForAdmission":  # Kueue's reason may change
-        d.condition(QUEUED, "True", "WaitingForAdmission", f"waiting for Kueue admission in LocalQueue {queue}: {admission.pending_message}")
-    d.stop(pods)
-    actions: dict[str, Any] = {}
-    if not admission.exists:
-        actions["create_workload"] = True
-    elif evicted is not None and admission.reserved and not pods and workload is not None:
-        actions["workload_patch"] = release_quota_patch(workload, d.stamp)
-    return d.decision(**actions)
-
-
-def _admitted(d: _Draft, admission: Admission) -> None:
-    """The Workload is admitted: the gang may be created. Time spent queued again after an eviction does not
-    count toward activeDeadlineSeconds (as time suspended does not)."""
-    was_queued = is_true(d.conditions, QUEUED)
-    if was_queued and d.status.get("startTime"):
-        d.status["suspendedSeconds"] = round(float(d.status.get("suspendedSeconds") or 0) + seconds_between(d.since(QUEUED), d.now), 3)
-    message = f"admitted by Kueue: ClusterQueue {admission.cluster_queue or '?'} (LocalQueue {queue_name(d.job)})"
-    d.condition(QUEUED, "False", "Admitted", message)
-    if was_queued:
-        d.events.append(Event("Normal", "Admitted", message))
-
-
-def _settle_workload(d: _Draft, decision: Decision, workload: Mapping[str, Any]) -> None:
-    """The job is over: mark its Workload Finished (the quota goes back); suspended: the Workload goes."""
-    admission = admission_of(workload)
-    if decision.finished and not admission.finished and decision.workload_patch is None:
-        message = next((c["message"] for c in decision.status["conditions"] if c["type"] in (SUCCEEDED, FAILED) and c["status"] == "True"), "")
-        decision.workload_patch = finish_patch(workload, decision.status["phase"] == "Succeeded", message, d.stamp)
-    elif d.job.spec.run_policy.suspend and not admission.finished:
-        decision.delete_workload = True
-
-
 # ========================================================================================= observing
-def _count_ready(d: _Draft, gang: Sequence[Pod]) -> None:
+def _count_ready(d: Draft, gang: Sequence[Pod]) -> None:
     ready = sum(1 for p in gang if is_ready(p))
     d.status["readyNodes"] = ready
     d.status["nodesReady"] = f"{ready}/{d.job.spec.nodes}"
@@ -292,7 +135,7 @@ def _valid_report(reported: Mapping[str, Any], total: int) -> bool:
 REPORTED_VALUES = ("loss", "tokensPerSecond", "mfu", "evalLoss")  # copied into status.progress as reported
 
 
-def _follow_progress(d: _Draft, gang: Sequence[Pod], reported: Optional[Mapping[str, Any]]) -> None:
+def _follow_progress(d: Draft, gang: Sequence[Pod], reported: Optional[Mapping[str, Any]]) -> None:
     """rank 0's metrics → progress, lastCheckpoint; an advancing step → updateTime (stall detection), goodput."""
     total = d.job.spec.training.steps
     previous = dict(d.previous.get("progress") or {})
@@ -327,7 +170,7 @@ def _final_state(rank0: Optional[Pod], total: int) -> Optional[dict[str, Any]]:
     return final if final is not None and _valid_report(final, total) else None
 
 
-def _step_advanced(d: _Draft, previous_progress: Mapping[str, Any]) -> None:
+def _step_advanced(d: Draft, previous_progress: Mapping[str, Any]) -> None:
     d.status.setdefault("firstStepTime", d.stamp)
     running_since = d.since(RUNNING)
     last_step = parse_time(previous_progress.get("updateTime"))
@@ -338,7 +181,7 @@ def _step_advanced(d: _Draft, previous_progress: Mapping[str, Any]) -> None:
         d.status["lostSeconds"] = round(float(d.status.get("lostSeconds") or 0) + seconds_between(failed_at, d.now), 3)
 
 
-def _deadline_passed(d: _Draft) -> bool:
+def _deadline_passed(d: Draft) -> bool:
     limit = d.job.spec.run_policy.active_deadline_seconds
     started = d.time("startTime")
     if limit is None or started is None:
@@ -350,7 +193,7 @@ def _deadline_passed(d: _Draft) -> bool:
     return False
 
 
-def _first_failure(d: _Draft, gang: Sequence[Pod], observed_since: datetime, settings: LifecycleSettings) -> Optional[Failure]:
+def _first_failure(d: Draft, gang: Sequence[Pod], observed_since: datetime, settings: LifecycleSettings) -> Optional[Failure]:
     failures: list[Failure] = []
     grace = timedelta(seconds=settings.node_lost_grace_seconds)
     for pod in gang:
@@ -373,7 +216,7 @@ def _first_failure(d: _Draft, gang: Sequence[Pod], observed_since: datetime, set
     return None
 
 
-def _stall(d: _Draft, gang: Sequence[Pod], observed_since: datetime) -> Optional[Failure]:
+def _stall(d: Draft, gang: Sequence[Pod], observed_since: datetime) -> Optional[Failure]:
     """No step read for stallTimeoutSeconds (startupTimeoutSeconds before the gang's first step)."""
     policy = d.job.spec.run_policy
     running_since = d.since(RUNNING)
@@ -403,7 +246,7 @@ def _succeeded(job: LLMTrainingJob, gang: Sequence[Pod]) -> bool:
 
 
 # ========================================================================================= acting
-def _gang_created(d: _Draft) -> None:
+def _gang_created(d: Draft) -> None:
     nodes = d.job.spec.nodes
     d.condition(CREATED, "True", "PodsCreated", f"{nodes}/{nodes} worker pods created" + (f" (restart {d.restarts})" if d.restarts else ""))
     if d.phase in ("Pending", "Restarting"):
@@ -411,7 +254,7 @@ def _gang_created(d: _Draft) -> None:
     d.status.pop("restartTime", None)
 
 
-def _gang_running(d: _Draft, gang: Sequence[Pod]) -> None:
+def _gang_running(d: Draft, gang: Sequence[Pod]) -> None:
     nodes = d.job.spec.nodes
     d.phase = "Running"
     d.condition(RUNNING, "True", "AllWorkersRunning", f"all {nodes} workers running" + (f" (restart {d.restarts})" if d.restarts else ""))
@@ -419,7 +262,7 @@ def _gang_running(d: _Draft, gang: Sequence[Pod]) -> None:
     d.clear(STALLED, "GangRunning", f"gang {d.restarts} is running")
 
 
-def _on_failure(d: _Draft, failure: Failure, gang: Sequence[Pod], settings: LifecycleSettings) -> Decision:
+def _on_failure(d: Draft, failure: Failure, gang: Sequence[Pod], settings: LifecycleSettings) -> Decision:
     action, failure = action_for(d.job.spec.run_policy.pod_failure_policy.rules, failure)
     limit = d.job.spec.run_policy.backoff_limit
     if failure.reason == "Stalled":
@@ -431,7 +274,7 @@ def _on_failure(d: _Draft, failure: Failure, gang: Sequence[Pod], settings: Life
     return _restart(d, failure, counted=action == "Count", gang=gang, settings=settings)
 
 
-def _restart(d: _Draft, failure: Failure, *, counted: bool, gang: Sequence[Pod], settings: LifecycleSettings) -> Decision:
+def _restart(d: Draft, failure: Failure, *, counted: bool, gang: Sequence[Pod], settings: LifecycleSettings) -> Decision:
     """Record the decision (status is written before any pod is stopped), then stop the whole gang."""
     previous_failure = parse_time((d.status.get("failure") or {}).get("time"))
     last_useful = max((t for t in (d.time("startTime"), previous_failure,
@@ -457,7 +300,7 @@ def _restart(d: _Draft, failure: Failure, *, counted: bool, gang: Sequence[Pod],
     return d.decision()
 
 
-def _suspend(d: _Draft, pods: Sequence[Pod]) -> Decision:
+def _suspend(d: Draft, pods: Sequence[Pod]) -> Decision:
     """runPolicy.suspend: no pods. A gang that ran is stopped (SIGTERM: the trainer checkpoints), and the next one, on
     resume, is a new incarnation, so that none of its pods is ever taken for the old gang's."""
     if d.phase != "Suspended":
@@ -475,7 +318,7 @@ def _suspend(d: _Draft, pods: Sequence[Pod]) -> Decision:
     return d.decision()
 
 
-def _resume(d: _Draft) -> None:
+def _resume(d: Draft) -> None:
     """runPolicy.suspend went back to false: the deadline clock goes on, and the next gang is created as usual."""
     since = d.since(SUSPENDED)
     d.status["suspendedSeconds"] = round(float(d.status.get("suspendedSeconds") or 0) + seconds_between(since, d.now), 3)
@@ -485,7 +328,7 @@ def _resume(d: _Draft) -> None:
     d.events.append(Event("Normal", "JobResumed", message))
 
 
-def _fail(d: _Draft, failure: Failure, reason: str, message: str, gang: Sequence[Pod]) -> Decision:
+def _fail(d: Draft, failure: Failure, reason: str, message: str, gang: Sequence[Pod]) -> Decision:
     d.status["failure"] = failure.to_status(d.now)
     d.status.pop("restartTime", None)
     d.phase = "Failed"
@@ -496,7 +339,7 @@ def _fail(d: _Draft, failure: Failure, reason: str, message: str, gang: Sequence
     return _finished(d, gang)
 
 
-def _gang_scheduled(d: _Draft, plan: GangPlan) -> None:
+def _gang_scheduled(d: Draft, plan: GangPlan) -> None:
     """GangScheduled: True with the scheduler as reason, False when none binds the gang. A Warning Event only when the
     gang scheduling a user may count on is missing (a job that named it fails, and its failure Event says so): the
     condition says the rest without a write per job."""
@@ -506,20 +349,20 @@ def _gang_scheduled(d: _Draft, plan: GangPlan) -> None:
         d.events.append(Event("Warning", plan.reason, plan.message))
 
 
-def _fail_gang_unavailable(d: _Draft, plan: GangPlan, pods: Sequence[Pod]) -> Decision:
+def _fail_gang_unavailable(d: Draft, plan: GangPlan, pods: Sequence[Pod]) -> Decision:
     """A gang scheduler the cluster does not serve: fail at once, by name, rather than run the gang ungrouped."""
     d.stop([p for p in pods if not is_finished(p)])
     return _fail(d, Failure(reason=plan.reason, message=plan.message, matches_rules=False), plan.reason, plan.message, pods)
 
 
-def _fail_deadline(d: _Draft, pods: Sequence[Pod]) -> Decision:
+def _fail_deadline(d: Draft, pods: Sequence[Pod]) -> Decision:
     limit = d.job.spec.run_policy.active_deadline_seconds
     message = f"the job ran longer than activeDeadlineSeconds ({limit} s); its workers were stopped (SIGTERM, so the trainer saved)"
     d.stop([p for p in pods if not is_finished(p)])  # whatever cleanPodPolicy says: the deadline stops the gang
     return _fail(d, Failure(reason="DeadlineExceeded", message=message, matches_rules=False), "DeadlineExceeded", message, pods)
 
 
-def _succeed(d: _Draft, pods: Sequence[Pod]) -> Decision:
+def _succeed(d: Draft, pods: Sequence[Pod]) -> Decision:
     job = d.job
     nodes, total = job.spec.nodes, job.spec.training.steps
     launcher_only = job.spec.launcher.mode == "ssh" and not all(has_succeeded(p) for p in pods)
@@ -536,7 +379,7 @@ def _succeed(d: _Draft, pods: Sequence[Pod]) -> Decision:
     return _finished(d, pods)
 
 
-def _finished(d: _Draft, pods: Sequence[Pod]) -> Decision:
+def _finished(d: Draft, pods: Sequence[Pod]) -> Decision:
     """A finished job: cleanPodPolicy, then ttlSecondsAfterFinished."""
     spec = d.job.spec
     policy = spec.run_policy.clean_pod_policy
