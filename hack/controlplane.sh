@@ -78,14 +78,8 @@ log() { printf '[controlplane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # ================================================================= build ====
-go_env() {
-  export GOMODCACHE="${CACHE_ROOT}/gomodcache"
-  export GOCACHE="${CACHE_ROOT}/gocache"
-  export GOFLAGS="-mod=mod -buildvcs=false"
-  export CGO_ENABLED=0
-  unset GOOS GOARCH GOWORK || true
-  export GOWORK=off
-}
+# shellcheck source=lib/go-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go-env.sh"
 
 # write_module NAME REQUIRE... : create wrapper module ${BUILD_DIR}/src/NAME with go.mod
 write_module() {
@@ -191,7 +185,7 @@ prune_old_builds() {
 cmd_build() {
   local t0=$SECONDS
   mkdir -p "$BIN_DIR"
-  go_env
+  go_env "$CACHE_ROOT"
   log "cache: ${BUILD_DIR} ($("$GO" env GOVERSION))"
   build_etcd
   build_kwok

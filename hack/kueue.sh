@@ -35,6 +35,9 @@ STATE_DIR="${CP_STATE_DIR}/kueue"
 log() { printf '[kueue %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# shellcheck source=lib/go-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go-env.sh"
+
 # ================================================================= build ====
 cmd_build() {
   if [[ -x "$BIN_DIR/kueue" && -d "$BIN_DIR/crds" && "$(cat "$BIN_DIR/.stamp" 2>/dev/null)" == "$KUEUE_VERSION" ]]; then
@@ -42,9 +45,7 @@ cmd_build() {
   fi
   local t0=$SECONDS src="${BUILD_DIR}/src"
   mkdir -p "$BIN_DIR" "$src"
-  export GOMODCACHE="${GO_CACHE_ROOT}/gomodcache" GOCACHE="${GO_CACHE_ROOT}/gocache"
-  export GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0 GOWORK=off
-  unset GOOS GOARCH || true
+  go_env "$GO_CACHE_ROOT"
   printf 'module llmto.local/kueue\n\ngo 1.26.0\n\nrequire sigs.k8s.io/kueue %s\n' "$KUEUE_VERSION" >"$src/go.mod"
   log "building kueue ${KUEUE_VERSION} (cold: several minutes on 2 cores) ..."
   (cd "$src" && "$GO" build -trimpath \

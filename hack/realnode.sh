@@ -53,14 +53,8 @@ log() { printf '[realnode %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # ================================================================= build ====
-go_env() {
-  export GOMODCACHE="${CP_CACHE}/gomodcache"
-  export GOCACHE="${CP_CACHE}/gocache"
-  export GOFLAGS="-mod=mod -buildvcs=false"
-  export CGO_ENABLED=0
-  unset GOOS GOARCH || true
-  export GOWORK=off
-}
+# shellcheck source=lib/go-env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go-env.sh"
 
 stamp_ok() { [[ -f "${BIN_DIR}/.stamp-$1" && "$(cat "${BIN_DIR}/.stamp-$1")" == "$2" ]]; }
 stamp() { echo "$2" >"${BIN_DIR}/.stamp-$1"; }
@@ -138,7 +132,7 @@ EOG
 cmd_build() {
   local t0=$SECONDS
   mkdir -p "$BIN_DIR"
-  go_env
+  go_env "$CP_CACHE"
   log "cache: ${BUILD_DIR}"
   build_containerd
   build_coredns
@@ -507,7 +501,7 @@ func main() {
 	<-ch
 }
 EOG
-  go_env
+  go_env "$CP_CACHE"
   (cd "$dir" && "$GO" build -trimpath -ldflags="-s -w" -o "$dir/pause" .)
   local root="$dir/rootfs"; rm -rf "$root"; mkdir -p "$root"; cp "$dir/pause" "$root/pause"
   # one-layer docker-archive by hand (no buildah needed for it)
