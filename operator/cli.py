@@ -42,7 +42,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .lifecycle import LifecycleSettings
 
     lifecycle = LifecycleSettings(restart_backoff_seconds=args.restart_backoff, restart_backoff_max_seconds=args.max_restart_backoff,
-                                  node_lost_grace_seconds=args.node_lost_grace, kueue=args.kueue)
+                                  node_lost_grace_seconds=args.node_lost_grace, peer_loss_wait_seconds=args.peer_loss_wait,
+                                  kueue=args.kueue)
     return run_operator(namespaces=args.namespace, all_namespaces=args.all_namespaces, health_port=args.health_port,
                         metrics_port=args.metrics_port, progress_interval=args.progress_interval,
                         cluster_domain=args.cluster_domain, log_format=args.log_format, verbose=args.verbose, lifecycle=lifecycle,
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-restart-backoff", type=float, default=300.0, metavar="SECONDS", help="cap of the restart delay")
     run.add_argument("--node-lost-grace", type=float, default=60.0, metavar="SECONDS",
                      help="how long a running worker may be not Ready (its node unreachable) before the gang restarts")
+    run.add_argument("--peer-loss-wait", type=float, default=15.0, metavar="SECONDS",
+                     help="when the only failed workers are ranks that lost a peer (gloo/NCCL connection errors), how long "
+                          "to wait for the peer's own failure, the cause reported in status.failure, before restarting")
     run.add_argument("--kueue", action="store_true",
                      help="queue jobs labelled kueue.x-k8s.io/queue-name with Kueue: a Workload per job, no pods until it is admitted "
                           "(needs Kueue's CRDs and the chart's kueue RBAC rules; docs/scheduling.md)")

@@ -22,6 +22,7 @@ class LifecycleSettings:
     restart_backoff_seconds: float = 10.0  # first counted restart; doubles with each one
     restart_backoff_max_seconds: float = 300.0
     node_lost_grace_seconds: float = 60.0  # a running worker not Ready this long has lost its node
+    peer_loss_wait_seconds: float = 15.0  # a rank that lost a peer waits this long for the peer's own failure
     kueue: bool = False  # --kueue: jobs labelled kueue.x-k8s.io/queue-name wait for Kueue's admission
 
 

@@ -18,6 +18,10 @@ Action = Literal["FailJob", "Ignore", "Count"]
 
 # torch raises DistBackendError for NCCL failures; NCCL's own messages name it.
 NCCL_ERROR = re.compile(r"NCCL|DistBackendError")
+# How a rank fails when a peer vanished (killed, OOM, node gone): gloo's and NCCL's words for a lost
+# connection or a collective the peer never joined. Such a failure is a victim; the peer's own is the cause.
+PEER_LOST = re.compile(r"connection (reset|closed) by peer|broken pipe|remote process exited|DistNetworkError"
+                       r"|communicator was aborted|watchdog.{0,60}time ?out", re.IGNORECASE)
 # DisruptionTarget reasons (k8s.io/api/core/v1) → our root cause.
 DISRUPTION_CAUSES = {
     "PreemptionByScheduler": "Preempted",
@@ -110,9 +114,15 @@ def stalled(pod: Optional[Pod], message: str) -> Failure:
     return Failure(reason="Stalled", message=message, matches_rules=False, **facts)
 
 
+def lost_a_peer(failure: Failure) -> bool:
+    """The rank failed because another went away: its message is gloo's or NCCL's word for a lost peer."""
+    return bool(PEER_LOST.search(failure.message))
+
+
 def first_of(failures: list[Failure]) -> Failure:
-    """The first to fail is the likely cause; later failures are often its victims (NCCL errors on the peers)."""
-    return min(failures, key=lambda f: (f.at or _UNKNOWN_TIME, f.rank if f.rank is not None else 0))
+    """The cause: a failure that is not a lost peer before one that is (the victims of a killed rank fail in the
+    same second as it, often before its pod reports), then the first to fail."""
+    return min(failures, key=lambda f: (lost_a_peer(f), f.at or _UNKNOWN_TIME, f.rank if f.rank is not None else 0))
 
 
 def _matches(rule: PodFailureRule, failure: Failure) -> bool:

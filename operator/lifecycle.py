@@ -28,7 +28,7 @@ from .api.contract import parse_final_state
 from .clock import parse_time, rfc3339, seconds_between
 from .conditions import CREATED, FAILED, GANG_SCHEDULED, QUEUED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, find, is_true
 from .draft import TERMINAL_PHASES, Decision, Draft, Event, LifecycleSettings, restart_backoff
-from .failures import Failure, action_for, deleted_pod, failed_pod, first_of, node_lost, stalled, vanished_pod
+from .failures import Failure, action_for, deleted_pod, failed_pod, first_of, lost_a_peer, node_lost, stalled, vanished_pod
 from .kueue import admission_of
 from .pods import (
     Pod,
@@ -39,6 +39,7 @@ from .pods import (
     is_ready,
     is_running,
     is_terminating,
+    name_of,
     node_rank,
     not_ready_since,
     restart_of,
@@ -106,7 +107,10 @@ def _decide(d: Draft, pods: Sequence[Pod], observed_since: datetime, reported: O
         d.wake_at(restart_at)
         return d.decision()
 
-    failure = _first_failure(d, gang, observed_since, settings)
+    failures = _failures(d, gang, settings)
+    if failures and _cause_may_follow(d, failures, gang, settings):
+        return d.decision()
+    failure = first_of(failures) if failures else _stall(d, gang, observed_since)
     if failure is not None:
         return _on_failure(d, failure, gang, settings)
     if _succeeded(job, gang):
@@ -193,7 +197,7 @@ def _deadline_passed(d: Draft) -> bool:
     return False
 
 
-def _first_failure(d: Draft, gang: Sequence[Pod], observed_since: datetime, settings: LifecycleSettings) -> Optional[Failure]:
+def _failures(d: Draft, gang: Sequence[Pod], settings: LifecycleSettings) -> list[Failure]:
     failures: list[Failure] = []
     grace = timedelta(seconds=settings.node_lost_grace_seconds)
     for pod in gang:
@@ -209,15 +213,29 @@ def _first_failure(d: Draft, gang: Sequence[Pod], observed_since: datetime, sett
     if is_true(d.conditions, CREATED):  # the whole gang existed: a missing worker was removed behind our back
         present = {node_rank(p) for p in gang}
         failures += [vanished_pod(worker_name(d.job, rank), rank) for rank in range(d.job.spec.nodes) if rank not in present]
-    if failures:
-        return first_of(failures)
-    if d.phase == "Running" and all(is_running(p) for p in gang):
-        return _stall(d, gang, observed_since)
-    return None
+    return failures
+
+
+def _cause_may_follow(d: Draft, failures: Sequence[Failure], gang: Sequence[Pod], settings: LifecycleSettings) -> bool:
+    """Every failure so far is a rank that lost a peer, and a peer's pod is still up: that peer is the likely cause
+    (a rank killed outright), and its pod reports a moment later. Wait for it, a little, rather than blame a victim."""
+    if not all(lost_a_peer(f) for f in failures):
+        return False
+    failed = {f.pod for f in failures}
+    if all(name_of(p) in failed or is_finished(p) for p in gang):
+        return False
+    first = min((f.at for f in failures if f.at is not None), default=d.now)
+    until = first + timedelta(seconds=settings.peer_loss_wait_seconds)
+    if d.now >= until:
+        return False
+    d.wake_at(until)
+    return True
 
 
 def _stall(d: Draft, gang: Sequence[Pod], observed_since: datetime) -> Optional[Failure]:
     """No step read for stallTimeoutSeconds (startupTimeoutSeconds before the gang's first step)."""
+    if d.phase != "Running" or not all(is_running(p) for p in gang):
+        return None
     policy = d.job.spec.run_policy
     running_since = d.since(RUNNING)
     if running_since is None:

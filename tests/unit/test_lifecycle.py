@@ -160,6 +160,46 @@ def test_first_worker_to_fail_is_the_cause(make_job):
     assert (failure["pod"], failure["reason"], failure["exitCode"], failure["node"]) == ("demo-worker-1", "OOMKilled", 137, "gpu-node-1")
 
 
+GLOO_RESET = "command exited with status 1; rank 0: RuntimeError: [gloo/transport/tcp/pair.cc:534] Read error [10.0.0.2]:5041: Connection reset by peer"
+KILLED = "command exited with status 247 (DeepSpeed's way of saying a rank was killed by SIGKILL: the OOM killer or a kill from outside)"
+
+
+def test_a_rank_that_lost_its_peer_is_not_the_cause_even_in_the_same_second(make_job):
+    job = make_job()
+    pods = [pod(0, "Failed", exit_code=1, finished=20, message=GLOO_RESET),
+            pod(1, "Failed", exit_code=247, finished=20, message=KILLED)]
+    failure = run(job, pods, running_status(job), now=21).status["failure"]
+    assert (failure["pod"], failure["exitCode"]) == ("demo-worker-1", 247)
+
+
+def test_a_lost_peer_waits_for_the_peers_own_failure(make_job):
+    """Rank 0's pod reports its connection reset before the killed rank 1's pod reports: no restart yet."""
+    job = make_job()
+    status = running_status(job)
+    waiting = run(job, [pod(0, "Failed", exit_code=1, finished=20, message=GLOO_RESET), pod(1)], status, now=21)
+    assert waiting.status["phase"] == "Running" and "failure" not in waiting.status and not waiting.delete_pods
+    assert waiting.wake_after == pytest.approx(14)  # 15 s from the first failure
+    both = [pod(0, "Failed", exit_code=1, finished=20, message=GLOO_RESET), pod(1, "Failed", exit_code=247, finished=22, message=KILLED)]
+    failure = run(job, both, waiting.status, now=23).status["failure"]
+    assert failure["pod"] == "demo-worker-1"
+
+
+def test_a_lost_peer_alone_is_the_failure_once_the_wait_is_over(make_job):
+    """A real network fault: only lost peers ever show up."""
+    job = make_job()
+    decision = run(job, [pod(0, "Failed", exit_code=1, finished=20, message=GLOO_RESET), pod(1)], running_status(job), now=35)
+    assert decision.status["phase"] == "Restarting" and decision.status["failure"]["pod"] == "demo-worker-0"
+    assert set(decision.delete_pods) == {"demo-worker-0", "demo-worker-1"}
+
+
+def test_no_wait_when_every_peer_has_already_finished(make_job):
+    job = make_job()
+    pods = [pod(0, "Failed", exit_code=1, finished=20, message=GLOO_RESET),
+            pod(1, "Failed", exit_code=1, finished=20, message="RuntimeError: NCCL error: remote process exited or there was a network error")]
+    decision = run(job, pods, running_status(job), now=21)
+    assert decision.status["phase"] == "Restarting" and decision.status["failure"]["pod"] == "demo-worker-0"
+
+
 def test_restart_sequence_waits_for_old_pods_then_backoff_then_new_gang(make_job):
     job = make_job()
     restarting = run(job, [pod(0), pod(1, "Failed", exit_code=137)], running_status(job), now=30).status
