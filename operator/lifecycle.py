@@ -224,7 +224,9 @@ def _cause_may_follow(d: Draft, failures: Sequence[Failure], gang: Sequence[Pod]
     failed = {f.pod for f in failures}
     if all(name_of(p) in failed or is_finished(p) for p in gang):
         return False
-    first = min((f.at for f in failures if f.at is not None), default=d.now)
+    first = min((f.at for f in failures if f.at is not None), default=None)
+    if first is None:  # no time to count the wait from: a wait counted from now would never end
+        return False
     until = first + timedelta(seconds=settings.peer_loss_wait_seconds)
     if d.now >= until:
         return False

@@ -192,6 +192,12 @@ def test_a_lost_peer_alone_is_the_failure_once_the_wait_is_over(make_job):
     assert set(decision.delete_pods) == {"demo-worker-0", "demo-worker-1"}
 
 
+def test_no_wait_for_a_lost_peer_whose_pod_gives_no_finish_time(make_job):
+    job = make_job()
+    decision = run(job, [pod(0, "Failed", exit_code=1, message=GLOO_RESET), pod(1)], running_status(job), now=21)
+    assert decision.status["phase"] == "Restarting" and decision.status["failure"]["pod"] == "demo-worker-0"
+
+
 def test_no_wait_when_every_peer_has_already_finished(make_job):
     job = make_job()
     pods = [pod(0, "Failed", exit_code=1, finished=20, message=GLOO_RESET),
