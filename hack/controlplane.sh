@@ -151,7 +151,7 @@ build_kwok() {
     -ldflags="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
     -o "$BIN_DIR/kwok" sigs.k8s.io/kwok/cmd/kwok)
   # stock stages ship inside the module: keep a copy next to the binary
-  local src; src="$(cd "$dir" && "$GO" list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+  local src; src="$(go_module_dir "$CACHE_ROOT" "$dir" sigs.k8s.io/kwok)"
   rm -rf "$BIN_DIR/kwok-stages"; mkdir -p "$BIN_DIR/kwok-stages"
   cp -r "$src/kustomize/stage/." "$BIN_DIR/kwok-stages/"; chmod -R u+w "$BIN_DIR/kwok-stages"
   stamp kwok "$KWOK_VERSION"; log "kwok built in $((SECONDS - t0))s"

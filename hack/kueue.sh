@@ -52,7 +52,7 @@ cmd_build() {
     -ldflags="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=${KUEUE_VERSION}" \
     -o "$BIN_DIR/kueue" sigs.k8s.io/kueue/cmd/kueue)
   # the CRDs ship in the module: keep a copy next to the binary
-  local mod; mod="$(cd "$src" && "$GO" list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
+  local mod; mod="$(go_module_dir "$GO_CACHE_ROOT" "$src" sigs.k8s.io/kueue)"
   rm -rf "$BIN_DIR/crds"; mkdir -p "$BIN_DIR/crds"
   cp "$mod"/config/components/crd/bases/*.yaml "$BIN_DIR/crds/"; chmod -R u+w "$BIN_DIR/crds"
   echo "$KUEUE_VERSION" >"$BIN_DIR/.stamp"
@@ -153,7 +153,7 @@ EOC
 # integrations' webhooks are left out: they are not served) and pointed at the manager on loopback.
 write_webhooks() {
   local mod src="${BUILD_DIR}/src"
-  mod="$(cd "$src" && GOMODCACHE="${GO_CACHE_ROOT}/gomodcache" GOFLAGS=-mod=mod GOWORK=off "$GO" list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"
+  mod="$(go_module_dir "$GO_CACHE_ROOT" "$src" sigs.k8s.io/kueue)"
   "${PYTHON:-python3}" - "$mod/config/components/webhook/manifests.yaml" "https://127.0.0.1:${WEBHOOK_PORT}" "$PKI/ca.crt" \
     "$WEBHOOK_CONFIG_PREFIX" >"${STATE_DIR}/webhooks.yaml" <<'EOP'
 import base64, json, sys, yaml

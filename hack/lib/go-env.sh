@@ -6,3 +6,9 @@ go_env() {
   export GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0 GOWORK=off
   unset GOOS GOARCH || true
 }
+
+# go_module_dir CACHE_ROOT DIR MODULE : where the module cache holds MODULE, a dependency of the go.mod in DIR
+# (the files a module ships beside its code: CRDs, stages, webhook manifests). Leaves the caller's environment as it was.
+go_module_dir() {
+  (go_env "$1" && cd "$2" && "$GO" list -m -f '{{.Dir}}' "$3")
+}
