@@ -52,6 +52,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     try:
         job = load_job_file(args.job)
+        if job.spec.program is not None:  # the program brings its own config; only the shape is ours to check
+            program = job.spec.program.model_dump(by_alias=True, exclude_none=True)
+            print(json.dumps({"job": job.metadata.name, "ranks": job.spec.world_size, "accelerator": job.spec.accelerator,
+                              "program": program}, indent=2))
+            return 0
         ds_config = build_deepspeed_config(job.spec)
         checked = check(job.spec, here=True)  # paths on volumes only the pods mount are listed, not failed
     except (SpecError, PreflightError, ValueError) as exc:
@@ -64,8 +69,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     micro, accumulation, global_batch = spec.batch_plan()
     plan: dict[str, Any] = {"job": job.metadata.name, "ranks": spec.world_size, "accelerator": spec.accelerator,
             "batch": {"microBatchSize": micro, "gradientAccumulation": accumulation, "globalBatchSize": global_batch}}
-    if spec.model.hugging_face_path and not os.path.isfile(os.path.join(spec.model.hugging_face_path, "config.json")):
-        plan["model"] = {"huggingFacePath": spec.model.hugging_face_path, "note": "config.json not readable here"}
+    if spec.model_spec.hugging_face_path and not os.path.isfile(os.path.join(spec.model_spec.hugging_face_path, "config.json")):
+        plan["model"] = {"huggingFacePath": spec.model_spec.hugging_face_path, "note": "config.json not readable here"}
     else:
         cfg = model_config(spec)
         plan["model"] = {**{k: v for k, v in vars(cfg).items() if v is not None}, "parameters": count_params(cfg),
@@ -198,7 +203,7 @@ def _launch(cmd: list[str], env: dict[str, str], log_path: Path, console, linger
 
 
 def model_label(spec) -> str:
-    m = spec.model
+    m = spec.model_spec
     return m.preset or (Path(m.hugging_face_path).name if m.hugging_face_path else f"{m.architecture} {m.n_layers}×{m.d_model}")
 
 

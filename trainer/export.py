@@ -31,7 +31,7 @@ def _first_id(tokenizer, candidates: tuple[str, ...]) -> Optional[int]:
 
 
 def _source_config(spec) -> dict[str, Any]:
-    path = spec.model.hugging_face_path
+    path = spec.model_spec.hugging_face_path
     return json.loads((Path(path) / "config.json").read_text()) if path else {}
 
 
@@ -67,8 +67,8 @@ def copy_tokenizer(spec, model_dir: Path) -> None:
     if spec.data.tokenizer:
         shutil.copy(data_path(spec.data, spec.data.tokenizer), model_dir / "tokenizer.json")
         return
-    if spec.model.hugging_face_path:
+    if spec.model_spec.hugging_face_path:
         for name in HF_TOKENIZER_FILES:
-            source = os.path.join(spec.model.hugging_face_path, name)
+            source = os.path.join(spec.model_spec.hugging_face_path, name)
             if os.path.isfile(source):
                 shutil.copy(source, model_dir / name)

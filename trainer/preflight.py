@@ -96,7 +96,7 @@ class _Checks:
     # -- model
     def model_sizes(self) -> tuple[Optional[int], Optional[int]]:
         """(vocab size, seq len) of the model; from config.json for a Hugging Face model."""
-        m = self.spec.model
+        m = self.spec.model_spec
         if not m.hugging_face_path:
             r = m.resolved()
             return r["vocabSize"], r["seqLen"]
@@ -176,7 +176,7 @@ class _Checks:
             return
         size = tok.get_vocab_size()
         if vocab is not None and size > vocab:
-            name = "model.vocabSize" if not self.spec.model.hugging_face_path else "model.huggingFacePath (config.json vocab_size)"
+            name = "model.vocabSize" if not self.spec.model_spec.hugging_face_path else "model.huggingFacePath (config.json vocab_size)"
             self.problem(f"{name}: {vocab} is smaller than the tokenizer's {size} ids (data.tokenizer: {path})")
         limit = int(np.iinfo(np.dtype(data.token_dtype)).max)
         if size - 1 > limit:

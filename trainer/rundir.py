@@ -50,7 +50,7 @@ class Refused(Exception):
 
 def resume_key(spec: LLMTrainingJobSpec, ranks: int) -> dict[str, Any]:
     """Manifest field (dotted, as written in the YAML) -> value, for every field a checkpoint depends on."""
-    m = spec.model
+    m = spec.model_spec
     model = {"huggingFacePath": m.hugging_face_path, "seqLen": m.seq_len} if m.hugging_face_path else m.resolved()
     _, _, global_batch = spec.batch_plan()  # --ranks keeps the global batch (worker.fit_to_world)
     key = {RANKS: ranks, **_flat("model", model),

@@ -80,7 +80,7 @@ def fit_to_world(spec: LLMTrainingJobSpec, world_size: int) -> LLMTrainingJobSpe
 
 
 def model_config(spec: LLMTrainingJobSpec) -> ModelConfig:
-    m, ckpt = spec.model, spec.training.activation_checkpointing
+    m, ckpt = spec.model_spec, spec.training.activation_checkpointing
     if m.hugging_face_path:
         return config_from_hf(read_hf_config(m.hugging_face_path), seq_len=m.seq_len, activation_checkpointing=ckpt)
     return ModelConfig.from_resolved(m.resolved(), activation_checkpointing=ckpt)
@@ -119,8 +119,8 @@ class Trainer:
         self.cfg = model_config(spec)
         # with pipeline stages the whole model is built in host memory and each rank keeps only its stage on the device
         model = build_model(self.cfg, seed=t.seed, device="cpu" if t.pipeline_stages > 1 else d.device)
-        if spec.model.hugging_face_path:
-            load_hf_weights(model, spec.model.hugging_face_path)
+        if spec.model_spec.hugging_face_path:
+            load_hf_weights(model, spec.model_spec.hugging_face_path)
         self.stages = t.pipeline_stages
         if self.stages > 1:  # this rank's stage of the same weights (pipeline.py)
             check_pipeline_layers(self.cfg.n_layers, self.stages, t.pipeline_partition)
@@ -153,7 +153,7 @@ class Trainer:
 
         self.flops_per_token = flops_per_token(self.cfg)
         self.peak = peak_flops(spec.monitoring.peak_tflops, d.device.type)
-        info = {"job_name": self.job.metadata.name, "model": spec.model.preset or spec.model.hugging_face_path or self.cfg.architecture,
+        info = {"job_name": self.job.metadata.name, "model": spec.model_spec.preset or spec.model_spec.hugging_face_path or self.cfg.architecture,
                 "architecture": self.cfg.architecture, "parameters": str(count_params(self.cfg)),
                 "world_size": str(d.world_size), "deepspeed_version": deepspeed.__version__,
                 "torch_version": torch.__version__, "zero_stage": str(self.ds_config["zero_optimization"]["stage"]),

@@ -66,6 +66,8 @@ def _structural(node: Any, defs: dict[str, Any], object_defaults: bool = True) -
         for name, prop in out["properties"].items():
             # An optional sub-object whose own fields all have defaults gets the object of those
             # defaults, so a manifest that omits it is stored (and diffed by GitOps) complete.
+            if prop.pop("x-llmto-no-object-default", False):
+                continue
             if prop.get("type") == "object" and "properties" in prop and not prop.get("required") and "default" not in prop \
                     and name not in required and name not in nullable:
                 prop["default"] = copy.deepcopy({k: v["default"] for k, v in prop["properties"].items() if "default" in v})

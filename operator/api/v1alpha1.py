@@ -59,12 +59,19 @@ def unchanged(fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> str:
 # Every field but runPolicy.suspend is immutable: a running gang cannot change shape or recipe under DeepSpeed,
 # and rejecting an edit beats accepting it and silently running the old spec. suspend is how a person or a queue
 # (Kueue) stops and restarts the job. tests/unit/test_api.py checks these lists against the models.
-IMMUTABLE_SPEC_FIELDS = ("image", "nodes", "slotsPerNode", "accelerator", "resources", "podTemplate", "launcher", "model", "data",
-                         "training", "deepspeed", "checkpoint", "network", "monitoring", "gang")
+IMMUTABLE_SPEC_FIELDS = ("image", "nodes", "slotsPerNode", "accelerator", "resources", "podTemplate", "launcher", "checkpoint",
+                         "network", "monitoring", "gang")
+# A job runs the built-in trainer (model, data, training, deepspeed) or its own program: either side may be absent.
+BUILTIN_TRAINER_FIELDS = ("model", "data", "training", "deepspeed")
+IMMUTABLE_OPTIONAL_SPEC_FIELDS = (*BUILTIN_TRAINER_FIELDS, "program")
 IMMUTABLE_RUN_POLICY_FIELDS = ("backoffLimit", "podFailurePolicy", "cleanPodPolicy")
 IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS = ("activeDeadlineSeconds", "ttlSecondsAfterFinished", "stallTimeoutSeconds", "startupTimeoutSeconds")
 IMMUTABLE_MESSAGE = ("spec is immutable once the job is created, except runPolicy.suspend: delete the job and create it again "
                      "(it resumes from the latest checkpoint)")
+
+
+# On data, training and deepspeed: the CRD gives no `{}` default, so the API server can tell a program job that set one.
+NO_OBJECT_DEFAULT: dict[str, Any] = {"x-llmto-no-object-default": True}
 
 
 def cel(rule: str, message: str | None = None, *, message_expression: str | None = None, field_path: str | None = None):
@@ -541,14 +548,50 @@ class GangSpec(ApiModel):
     )
 
 
+# ------------------------------------------------------------------------------------- program
+ProgramLauncher = Literal["deepspeed", "torchrun", "exec"]
+
+
+class ProgramSpec(ApiModel):
+    """The user's own training program, run on every rank instead of the built-in trainer (docs/programs.md)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.command.size() > 0 && self.command[0] != ''", "program.command must name the program to run", field_path=".command"),
+            ]
+        }
+    )
+
+    command: list[str] = Field(
+        ..., description="What each rank runs, e.g. [python, train.py, --config, cfg.yaml]; $(VAR) references expand as in a container's command."
+    )
+    working_dir: Optional[str] = Field(None, description="Working directory of the program (default: the image's, else the trainer's home).")
+    launcher: ProgramLauncher = Field(
+        "deepspeed",
+        description="deepspeed: DeepSpeed's runner starts slotsPerNode ranks per pod (launcher.mode noSsh or ssh); torchrun: torchrun in "
+        "every pod, rendezvous on worker 0; exec: the command runs once per pod and starts its own workers (accelerate, llamafactory-cli, axolotl).",
+    )
+
+    @model_validator(mode="after")
+    def _check_command(self) -> "ProgramSpec":
+        if not self.command or not self.command[0]:
+            raise ValueError("program.command must name the program to run")
+        return self
+
+
 # ---------------------------------------------------------------------------------------- spec
 class LLMTrainingJobSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel(unchanged(IMMUTABLE_SPEC_FIELDS), IMMUTABLE_MESSAGE),
+                cel(unchanged(IMMUTABLE_SPEC_FIELDS, IMMUTABLE_OPTIONAL_SPEC_FIELDS), IMMUTABLE_MESSAGE),
+                cel("has(self.model) || has(self.program)", "set model (the built-in trainer) or program (your own training program)"),
+                *[cel(f"!has(self.program) || !has(self.{field})",
+                      f"{field} configures the built-in trainer and cannot be combined with program: remove {field} (or program)",
+                      field_path=f".{field}") for field in BUILTIN_TRAINER_FIELDS],
                 cel(
-                    "(self.nodes * self.slotsPerNode) % self.training.pipelineStages != 0 || !has(self.training.globalBatchSize) || "
+                    "!has(self.training) || (self.nodes * self.slotsPerNode) % self.training.pipelineStages != 0 || !has(self.training.globalBatchSize) || "
                     "self.training.globalBatchSize % (self.training.microBatchSize * self.nodes * self.slotsPerNode / self.training.pipelineStages) == 0",
                     message_expression="self.training.pipelineStages == 1 ? "
                     "'training.globalBatchSize (%d) must be divisible by microBatchSize × nodes × slotsPerNode = %d × %d × %d = %d'"
@@ -561,25 +604,27 @@ class LLMTrainingJobSpec(ApiModel):
                 ),
                 # --- model parallelism (issue 11 part B) ---
                 cel(
-                    "(self.nodes * self.slotsPerNode) % self.training.pipelineStages == 0",
+                    "!has(self.training) || (self.nodes * self.slotsPerNode) % self.training.pipelineStages == 0",
                     message_expression="'training.pipelineStages (%d) must divide nodes × slotsPerNode = %d × %d = %d'"
                     ".format([self.training.pipelineStages, self.nodes, self.slotsPerNode, self.nodes * self.slotsPerNode])",
                     field_path=".training.pipelineStages",
                 ),
                 cel(
-                    "!has(self.model.nLayers) || (self.training.pipelinePartition == 'blocks' ? self.model.nLayers % self.training.pipelineStages == 0 "
+                    "!has(self.model) || !has(self.training) || !has(self.model.nLayers) || "
+                    "(self.training.pipelinePartition == 'blocks' ? self.model.nLayers % self.training.pipelineStages == 0 "
                     ": self.model.nLayers >= self.training.pipelineStages)",
                     message_expression="self.training.pipelinePartition == 'blocks' ? 'model.nLayers (%d) must be divisible by training.pipelineStages (%d) "
                     "with training.pipelinePartition blocks (or set pipelinePartition: parameters)'.format([self.model.nLayers, self.training.pipelineStages]) "
                     ": 'model.nLayers (%d) must be at least training.pipelineStages (%d)'.format([self.model.nLayers, self.training.pipelineStages])",
                     field_path=".training.pipelineStages",
                 ),
-                cel("self.accelerator == 'gpu' || self.training.precision != 'fp16'", "training.precision fp16 needs accelerator gpu (use bf16 or fp32 on cpu)",
+                cel("self.accelerator == 'gpu' || !has(self.training) || self.training.precision != 'fp16'",
+                    "training.precision fp16 needs accelerator gpu (use bf16 or fp32 on cpu)",
                     field_path=".training.precision"),
                 cel("!has(self.gang.minAvailable) || self.gang.minAvailable <= self.nodes",
                     message_expression="'gang.minAvailable (%d) must not exceed nodes (%d)'.format([self.gang.minAvailable, self.nodes])",
                     field_path=".gang.minAvailable"),
-                cel("self.training.evalIntervalSteps == 0 || self.data.format == 'synthetic' || has(self.data.validation)",
+                cel("!has(self.training) || self.training.evalIntervalSteps == 0 || !has(self.data) || self.data.format == 'synthetic' || has(self.data.validation)",
                     "training.evalIntervalSteps needs data.validation (paths or fraction) unless data.format is synthetic", field_path=".training.evalIntervalSteps"),
             ]
         }
@@ -594,15 +639,24 @@ class LLMTrainingJobSpec(ApiModel):
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements, description="Resources of each worker pod's trainer container.")
     pod_template: PodTemplate = Field(default_factory=PodTemplate, description="Merged into each worker pod.")
     launcher: LauncherSpec = Field(default_factory=LauncherSpec, description="How DeepSpeed's launcher reaches the ranks.")
-    model: ModelSpec = Field(..., description="The decoder to train.")
-    data: DataSpec = Field(default_factory=DataSpec, description="Training data.")
-    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimization.")
-    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed config overrides.")
+    model: Optional[ModelSpec] = Field(None, description="The decoder the built-in trainer trains (or set program).")
+    data: DataSpec = Field(default_factory=DataSpec, description="Training data of the built-in trainer.", json_schema_extra=NO_OBJECT_DEFAULT)
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimization of the built-in trainer.", json_schema_extra=NO_OBJECT_DEFAULT)
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed config overrides of the built-in trainer.",
+                                     json_schema_extra=NO_OBJECT_DEFAULT)
+    program: Optional[ProgramSpec] = Field(None, description="Your own training program instead of the built-in trainer (model, data, training, deepspeed).")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing and resume.")
     network: NetworkSpec = Field(default_factory=NetworkSpec, description="Interconnect and pod networking.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Lifecycle of the job.")
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Trainer metrics.")
     gang: GangSpec = Field(default_factory=GangSpec, description="Gang scheduling of the worker pods.")
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The built-in trainer's model (a program job has none)."""
+        if self.model is None:
+            raise ValueError("this job runs its own program: it has no model")
+        return self.model
 
     @property
     def world_size(self) -> int:
@@ -619,7 +673,7 @@ class LLMTrainingJobSpec(ApiModel):
         if self.world_size % stages:
             raise ValueError(f"training.pipelineStages ({stages}) must divide nodes × slotsPerNode = "
                              f"{self.nodes} × {self.slots_per_node} = {self.world_size}")
-        layers = None if self.model.hugging_face_path else self.model.resolved().get("nLayers")
+        layers = None if self.model is None or self.model.hugging_face_path else self.model.resolved().get("nLayers")
         if layers is not None:
             check_pipeline_layers(layers, stages, self.training.pipeline_partition)
 
@@ -641,11 +695,21 @@ class LLMTrainingJobSpec(ApiModel):
 
     @model_validator(mode="after")
     def _check(self) -> "LLMTrainingJobSpec":
+        if self.program is not None:
+            for field in BUILTIN_TRAINER_FIELDS:
+                if field in self.model_fields_set:
+                    raise ValueError(f"{field} configures the built-in trainer and cannot be combined with program: remove {field} (or program)")
+            return self._check_pods()
+        if self.model is None:
+            raise ValueError("set model (the built-in trainer) or program (your own training program)")
         self.batch_plan()
         if self.accelerator == "cpu" and self.training.precision == "fp16":
             raise ValueError("training.precision fp16 needs accelerator gpu (use bf16 or fp32 on cpu)")
         if self.training.eval_interval_steps and self.data.format != "synthetic" and self.data.validation is None:
             raise ValueError("training.evalIntervalSteps needs data.validation (paths or fraction) unless data.format is synthetic")
+        return self._check_pods()
+
+    def _check_pods(self) -> "LLMTrainingJobSpec":
         gpus = self.resources.limits.get("nvidia.com/gpu")
         if self.accelerator == "gpu" and gpus is not None and int(gpus) != self.slots_per_node:
             raise ValueError(f"resources.limits nvidia.com/gpu ({gpus}) must equal slotsPerNode ({self.slots_per_node})")

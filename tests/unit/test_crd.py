@@ -42,15 +42,14 @@ def test_schema_is_structural():
 def test_defaults_live_in_the_schema():
     spec = spec_schema()["properties"]["spec"]["properties"]
     assert spec["nodes"]["default"] == 1
-    assert spec["training"]["default"]["precision"] == "bf16"
-    assert spec["training"]["default"]["offload"] == {"optimizer": "none", "parameters": "none", "nvmePath": "/local_nvme"}
+    assert spec["training"]["properties"]["offload"]["default"] == {"optimizer": "none", "parameters": "none", "nvmePath": "/local_nvme"}
     assert "default" not in spec["model"]  # required, so no default
     assert spec["training"]["properties"]["precision"]["default"] == "bf16"
     assert spec["training"]["properties"]["gradientClipping"]["default"] == 1.0
     assert spec["launcher"]["properties"]["mode"]["default"] == "noSsh"
     # an Optional sub-object whose absence means something is never defaulted: {} would fail its own CEL rule
     # (exactly one of paths and fraction) and turn evaluation data on for every job
-    assert "default" not in spec["data"]["properties"]["validation"] and "validation" not in spec["data"]["default"]
+    assert "default" not in spec["data"]["properties"]["validation"] and "default" not in spec["data"]
     assert spec["checkpoint"]["properties"]["resume"]["default"] == "latest"
 
 
