@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import logging
 import time
 
@@ -19,6 +20,8 @@ from .render import RenderContext
 from .render.gang import GANG_APIS, default_gang_scheduler
 from .render.names import JOB_NAME_LABEL
 from .view import ClusterView
+
+LAUNCHER_IMAGE_ENV = "LLMTO_LAUNCHER_IMAGE"  # the trainer image program pods copy the launcher from
 
 PREFIX = "llmtraining.dev"
 log = logging.getLogger("llm_operator")
@@ -88,7 +91,9 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
     kube = Kube(client.ApiClient(configuration))
     gang_apis = discover_gang_apis(kube)
     ctx = RenderContext(cluster_domain=cluster_domain, gang_apis=gang_apis, default_gang_scheduler=gang_scheduler,
-                        volcano_scheduler_name=volcano_scheduler_name, coscheduling_scheduler_name=coscheduling_scheduler_name)
+                        volcano_scheduler_name=volcano_scheduler_name, coscheduling_scheduler_name=coscheduling_scheduler_name,
+                        # the image program jobs' init containers copy the launcher from (the chart's trainer image)
+                        **({"launcher_image": os.environ[LAUNCHER_IMAGE_ENV]} if os.environ.get(LAUNCHER_IMAGE_ENV) else {}))
     log.info("gang scheduling: %s served; jobs that name no gang scheduler use %s", ", ".join(sorted(gang_apis)) or "no PodGroup API",
              default_gang_scheduler(gang_scheduler, gang_apis))
     reconciler = Reconciler(kube=kube, view=ClusterView(), ctx=ctx, emit=kube.post_event,

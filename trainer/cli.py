@@ -100,6 +100,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (OSError, yaml.YAMLError) as exc:
         console.error(f"{args.job}: {exc}")
         return 1
+    if job.spec.program is not None:
+        from .program_run import run_program
+
+        return run_program(job, Path(args.job).resolve(), Path(args.output_dir or f"./runs/{job.metadata.name}").resolve(),
+                           args.master_port or free_port())
     try:
         check(job.spec)  # every input file, before DeepSpeed and the model start
     except PreflightError as exc:

@@ -33,6 +33,8 @@ class RenderContext:
     default_gang_scheduler: str = "auto"  # for jobs that leave spec.gang.scheduler unset; auto: see render.gang
     volcano_scheduler_name: str = "volcano"
     coscheduling_scheduler_name: str = "scheduler-plugins-scheduler"  # the scheduler-plugins chart's second scheduler
+    # Our trainer image: the init container of a program job's pods copies the launcher from it (render.program).
+    launcher_image: str = "llm-training-operator-trainer:latest"
 
 
 def config_map_name(job: LLMTrainingJob) -> str:

@@ -24,12 +24,28 @@ from .names import (
 )
 from .gang import plan_gang, pod_gang_fields
 from .network import plan_network
+from .program import LAUNCHER_MOUNT, LAUNCHER_VOLUME, inject_container, program_env, runner_command
 from .resources import GPU_RESOURCE, container_resources
 
 HOSTFILE = f"{CONFIG_MOUNT}/hostfile"
 JOB_FILE = f"{CONFIG_MOUNT}/job.yaml"
 DS_CONFIG_FILE = f"{CONFIG_MOUNT}/ds_config.json"
 DS_ENV_FILE = f"{CONFIG_MOUNT}/deepspeed_env"
+
+
+def rank_command(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> list[str]:
+    """The seam: what this pod's ranks run, through which runner: our worker, or the job's own program."""
+    spec = job.spec
+    if spec.program is None:
+        return deepspeed_command(job, rank, ctx)
+    return runner_command(spec.program, nodes=spec.nodes, slots=spec.slots_per_node, node_rank=rank,
+                          master_addr=worker_fqdn(job, 0, ctx), master_port=spec.launcher.master_port, hostfile=HOSTFILE,
+                          ssh_port=spec.launcher.ssh_port if spec.launcher.mode == "ssh" and spec.program.launcher == "deepspeed" else None)
+
+
+def launcher_entrypoint(job: LLMTrainingJob) -> list[str]:
+    """Our image has `llm-train`; a program's image has only python3 and the injected, stdlib-only launcher."""
+    return ["llm-train", "launch"] if job.spec.program is None else ["python3", "-m", "llm_trainer.launch"]
 
 
 def deepspeed_command(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> list[str]:
@@ -56,23 +72,32 @@ def deepspeed_command(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> lis
 def launch_command(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> list[str]:
     """`llm-train launch` waits until the peers this pod needs are reachable, then runs DeepSpeed."""
     spec = job.spec
+    entry = launcher_entrypoint(job)
     peers = [worker_fqdn(job, peer, ctx) for peer in range(spec.nodes)]
     timeout = ["--timeout", str(spec.launcher.peer_timeout_seconds)]
     if spec.launcher.mode == "ssh":
         sshd = ["--sshd", f"--ssh-secret-dir={SSH_MOUNT}", f"--ssh-port={spec.launcher.ssh_port}"]
         if rank > 0:  # only sshd: worker 0 starts this node's ranks over ssh
-            return ["llm-train", "launch", *sshd, "--sshd-only"]
+            return [*entry, *sshd, "--sshd-only"]
         waits = [arg for peer in peers for arg in ("--wait-tcp", f"{peer}:{spec.launcher.ssh_port}")]
     else:
         # Every pod waits for every name: a missing peer then fails the whole gang fast, by name,
         # instead of hanging in the rendezvous until torch's timeout.
         waits = [arg for peer in peers for arg in ("--wait-dns", peer)]
-    return ["llm-train", "launch", *(sshd if spec.launcher.mode == "ssh" else []), *waits, *timeout,
-            "--marker-dir", MARKER_DIR, "--", *deepspeed_command(job, rank, ctx)]
+    command = rank_command(job, rank, ctx)
+    # Our worker writes the completion marker; a program's own exit status is its truth. A command missing
+    # from the image fails at once (exit 5), not after the peers' wait and a restart.
+    tail = ["--marker-dir", MARKER_DIR] if spec.program is None else ["--check-command", command[0]]
+    if spec.program is not None and command[0] != spec.program.command[0]:
+        tail += ["--check-command", spec.program.command[0]]
+    return [*entry, *(sshd if spec.launcher.mode == "ssh" else []), *waits, *timeout, *tail, "--", *command]
 
 
-def _env(job: LLMTrainingJob, rank: int, restart: int) -> list[dict]:
+def _env(job: LLMTrainingJob, rank: int, restart: int, ctx: RenderContext) -> list[dict]:
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in static_env(job).items()]
+    if job.spec.program is not None:
+        env += [{"name": k, "value": v} for k, v in
+                program_env(job, rank, worker_fqdn(job, 0, ctx), HOSTFILE, checkpoint_dir(job)).items()]
     env += [
         {"name": "LLMTRAIN_NODE_RANK", "value": str(rank)},
         {"name": RESTART_ENV, "value": str(restart)},
@@ -153,8 +178,8 @@ def build_worker_pod(job: LLMTrainingJob, rank: int, ctx: RenderContext, restart
         "image": spec.image,
         "imagePullPolicy": tmpl.image_pull_policy,
         "command": launch_command(job, rank, ctx),
-        "workingDir": HOME_DIR,
-        "env": _env(job, rank, restart),
+        "workingDir": (spec.program and spec.program.working_dir) or HOME_DIR,
+        "env": _env(job, rank, restart, ctx),
         "ports": _ports(job),
         "resources": container_resources(job, network),
         "volumeMounts": mounts,
@@ -166,6 +191,9 @@ def build_worker_pod(job: LLMTrainingJob, rank: int, ctx: RenderContext, restart
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if spec.program is not None:
+        volumes.append({"name": LAUNCHER_VOLUME, "emptyDir": {}})
+        mounts.append({"name": LAUNCHER_VOLUME, "mountPath": LAUNCHER_MOUNT, "readOnly": True})
     pod_spec: dict = {
         "hostname": worker_name(job, rank),
         "subdomain": service_name(job),
@@ -183,6 +211,9 @@ def build_worker_pod(job: LLMTrainingJob, rank: int, ctx: RenderContext, restart
         "containers": [container],
         "volumes": volumes,
     }
+    if spec.program is not None:
+        security = {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+        pod_spec["initContainers"] = [inject_container(ctx.launcher_image, tmpl.image_pull_policy, {**security, "capabilities": {"drop": ["ALL"]}})]
     if spec.network.host_network:
         pod_spec["hostNetwork"] = True
         pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"

@@ -22,7 +22,9 @@ killed by signal N; 128+N too when it exited 0 without the marker after we forwa
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
+import shutil
 import sys
 import time
 from typing import Optional
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the outcome if that file exists (Kubernetes terminationMessagePath); '' disables")
     p.add_argument("--linger-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="after the command exits, how long its leftover processes may run before they are killed")
+    p.add_argument("--check-command", action="append", default=[], metavar="NAME",
+                   help="exit 5 at once, naming it, when NAME is not an executable on PATH (a program job's command)")
     ssh_group = p.add_argument_group("ssh launcher mode")
     ssh_group.add_argument("--sshd", action="store_true", help="start a non-root sshd and write the ssh client config")
     ssh_group.add_argument("--sshd-only", action="store_true", help="only run sshd (workers 1..N-1), until SIGTERM")
@@ -164,8 +168,17 @@ def preflight(command: list[str]) -> None:
     log("info", "job input checked", job=job_path, took_s=round(time.monotonic() - started, 2))
 
 
+def check_commands(names: list[str]) -> None:
+    """A program's command missing from the image cannot start on any retry: fail as bad input (no restarts)."""
+    for name in names:
+        if shutil.which(name) is None:
+            where = "not an executable file" if "/" in name else f"not found on PATH={os.environ.get('PATH', '')}"
+            raise LaunchError(EXIT_INPUT, f"program.command: {name!r} is not in the image ({where})")
+
+
 def launch(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
     if not args.sshd_only:
+        check_commands(args.check_command)
         preflight(args.command)
     if args.sshd:
         start_sshd(args, sup)

@@ -80,7 +80,10 @@ class Supervisor:
 
     def workload(self) -> list:
         """Live descendants other than sshd itself (its per-connection processes included)."""
-        import psutil
+        try:
+            import psutil
+        except ImportError:  # a program's image runs the injected stdlib-only launcher: leftovers are not tracked there
+            return []
 
         out: list = []
         try:
@@ -98,7 +101,10 @@ class Supervisor:
 
     def deepspeed_ranks(self) -> list:
         """Processes whose parent is DeepSpeed's per-node launcher (the training ranks)."""
-        import psutil
+        try:
+            import psutil
+        except ImportError:
+            return []
 
         ranks = []
         for p in self.workload():
