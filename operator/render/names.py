@@ -33,8 +33,9 @@ class RenderContext:
     default_gang_scheduler: str = "auto"  # for jobs that leave spec.gang.scheduler unset; auto: see render.gang
     volcano_scheduler_name: str = "volcano"
     coscheduling_scheduler_name: str = "scheduler-plugins-scheduler"  # the scheduler-plugins chart's second scheduler
-    # Our trainer image: the init container of a program job's pods copies the launcher from it (render.program).
-    launcher_image: str = "llm-training-operator-trainer:latest"
+    # An image of ours (the operator's: it holds llm_trainer): program pods' init container copies the launcher from
+    # it (render.program). The chart sets it to the operator's own image through LLMTO_LAUNCHER_IMAGE.
+    launcher_image: str = "ghcr.io/llmtraining/operator:0.1.0"
 
 
 def config_map_name(job: LLMTrainingJob) -> str:

@@ -35,6 +35,36 @@ def returncode_of(status: int) -> int:
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
+class ProcRef:
+    """A pid, with the one psutil.Process method forward() uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def send_signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+
+def proc_children_of(parent_marker: str) -> list:
+    """Processes whose parent's command line contains parent_marker, from /proc (Linux, no psutil)."""
+    parents: dict[int, bool] = {}
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            if ppid not in parents:
+                with open(f"/proc/{ppid}/cmdline", "rb") as f:
+                    parents[ppid] = parent_marker in f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parents[ppid]:
+            found.append(ProcRef(int(entry)))
+    return found
+
+
 class Supervisor:
     """Children, their exit statuses, and signal forwarding."""
 
@@ -103,8 +133,8 @@ class Supervisor:
         """Processes whose parent is DeepSpeed's per-node launcher (the training ranks)."""
         try:
             import psutil
-        except ImportError:
-            return []
+        except ImportError:  # the injected launcher in a program's image: read /proc instead
+            return proc_children_of(DS_LAUNCH_MODULE)
 
         ranks = []
         for p in self.workload():

@@ -1,0 +1,107 @@
+"""spec.program on this machine: the ranks each launcher starts and what they see (issue 18), and the injected
+launcher running without our package's dependencies."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE = Path(__file__).parent / "programs" / "rank_probe.py"
+
+
+def run_job(tmp_path: Path, command: list[str], launcher: str, nodes: int = 2, slots: int = 2) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "apiVersion": "llmtraining.dev/v1alpha1", "kind": "LLMTrainingJob", "metadata": {"name": "probe"},
+        "spec": {"image": "x", "nodes": nodes, "slotsPerNode": slots, "accelerator": "cpu",
+                 "program": {"command": command, "launcher": launcher}}}))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "llm_trainer.cli", "run", str(manifest), "--output-dir", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seen = [json.loads(p.read_text()) for p in sorted((out / "checkpoints").glob("seen-*.json"))]
+    return proc, seen
+
+
+def test_torchrun_starts_nodes_times_slots_ranks_that_form_one_world(tmp_path):
+    proc, seen = run_job(tmp_path, ["python3", str(PROBE), "--distributed"], "torchrun")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(s["dist_rank"] for s in seen) == [0, 1, 2, 3]
+    assert {s["dist_world_size"] for s in seen} == {4} and {s["WORLD_SIZE"] for s in seen} == {"4"}
+    assert sorted((s["NODE_RANK"], s["LOCAL_RANK"]) for s in seen) == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+
+
+def test_exec_runs_the_command_once_per_pod_with_the_gang_shape_and_expands_vars(tmp_path):
+    proc, seen = run_job(tmp_path, ["python3", str(PROBE), "--machine_rank", "$(NODE_RANK)", "--of", "$(NNODES)", "$$(NODE_RANK)",
+                                    "$(UNDEFINED_VAR)"], "exec")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(s["NODE_RANK"] for s in seen) == ["0", "1"]
+    assert {(s["NNODES"], s["NPROC_PER_NODE"], s["WORLD_SIZE"], s["PET_NNODES"], s["LLMTRAIN_RESTART"]) for s in seen} == {("2", "2", "4", "2", "0")}
+    assert sorted(s["argv"][1] for s in seen) == ["0", "1"]
+    assert {tuple(s["argv"][2:]) for s in seen} == {("--of", "2", "$(NODE_RANK)", "$(UNDEFINED_VAR)")}  # as the kubelet expands
+
+
+def test_the_plain_deepspeed_program_trains_at_world_size_4_on_cpu(tmp_path):
+    example = REPO / "examples" / "programs" / "train_deepspeed.py"
+    proc, _ = run_job(tmp_path, ["python3", str(example), "--steps", "3", "--save-every", "3"], "deepspeed")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "done: 3 steps at world size 4" in output
+    assert sorted(line.split()[1] for line in output.splitlines() if line.startswith("rank ") and "of world size 4" in line) == ["0", "1", "2", "3"]
+    assert (tmp_path / "out" / "checkpoints" / "latest").read_text().strip() == "global_step3"
+
+
+def test_a_command_missing_from_the_image_fails_at_once_as_bad_input_naming_it(tmp_path):
+    proc, _ = run_job(tmp_path, ["no-such-trainer", "--x"], "exec", nodes=1, slots=1)
+    assert proc.returncode == 5
+    assert "program.command: 'no-such-trainer' is not in the image" in proc.stderr
+
+
+def test_the_injected_launcher_needs_no_site_packages(tmp_path):
+    """What the init container copies runs under `python -S`: no pydantic, PyYAML, psutil or torch."""
+    dest = tmp_path / "llmtrain"
+    subprocess.run([sys.executable, "-m", "llm_trainer.inject", str(dest)], check=True)
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(dest)}
+    ok = subprocess.run([sys.executable, "-S", "-m", "llm_trainer.launch", "--termination-log", str(tmp_path / "t.log"),
+                         "--check-command", "true", "--", "python3", "-S", "-c", "print('program ran')"],
+                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert ok.returncode == 0 and "program ran" in ok.stdout, ok.stderr
+    failing = subprocess.run([sys.executable, "-S", "-m", "llm_trainer.launch", "--termination-log", str(tmp_path / "t.log"),
+                              "--", "python3", "-S", "-c", "raise SystemExit(7)"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert failing.returncode == 7
+
+
+@pytest.mark.parametrize("value, expected", [("$(A)", "1"), ("x$(A)y$(B)", "x1y2"), ("$$(A)", "$(A)"), ("$(NOPE)", "$(NOPE)"),
+                                             ("$$", "$"), ("$(A", "$(A"), ("a$b", "a$b")])
+def test_var_expansion_matches_kubernetes(value, expected):
+    from llm_trainer.program_run import expand
+
+    assert expand(value, {"A": "1", "B": "2"}) == expected
+
+
+def test_without_psutil_the_ranks_are_found_in_proc_so_sigterm_reaches_them_first(tmp_path):
+    """forward()'s first SIGTERM goes to the runner's ranks only; in a program's image psutil may be absent."""
+    import time
+
+    from llm_trainer.launch.supervisor import proc_children_of
+
+    marker = f"fake.launcher.{os.getpid()}"
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; c = subprocess.Popen(['sleep', '30']); "
+                               "print(c.pid, flush=True); time.sleep(30)", marker], stdout=subprocess.PIPE, text=True)
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        time.sleep(0.2)
+        assert [p.pid for p in proc_children_of(marker)] == [child]
+    finally:
+        if child:
+            os.kill(child, 9)
+        parent.kill()
+        parent.wait()
