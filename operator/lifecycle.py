@@ -234,6 +234,21 @@ def _cause_may_follow(d: Draft, failures: Sequence[Failure], gang: Sequence[Pod]
     return True
 
 
+def stall_limit(stall_timeout: Optional[int], startup_timeout: Optional[int], *, step_seen: bool, first_step_awaited: bool) -> Optional[int]:
+    """Seconds without a new step after which the gang has stalled; None: not judged. Before the gang's first step
+    that is startupTimeoutSeconds, but only where a first step is awaited: a user's program may report no progress
+    at all, and stall detection never fires on a step it never saw (after its first step, stallTimeoutSeconds applies)."""
+    if step_seen:
+        return stall_timeout
+    return startup_timeout if first_step_awaited else None
+
+
+def awaits_first_step(job: LLMTrainingJob) -> bool:
+    """The built-in trainer always reports its steps; a user's program (spec.program, issue 18) reports them only if it
+    is an HF Trainer program or calls llmtraining_report. getattr: spec.program is introduced by that issue's API."""
+    return getattr(job.spec, "program", None) is None
+
+
 def _stall(d: Draft, gang: Sequence[Pod], observed_since: datetime) -> Optional[Failure]:
     """No step read for stallTimeoutSeconds (startupTimeoutSeconds before the gang's first step)."""
     if d.phase != "Running" or not all(is_running(p) for p in gang):
@@ -245,10 +260,12 @@ def _stall(d: Draft, gang: Sequence[Pod], observed_since: datetime) -> Optional[
     last_step = parse_time((d.status.get("progress") or {}).get("updateTime"))
     if last_step is not None and last_step < running_since:
         last_step = None  # a step of an earlier gang
+    limit = stall_limit(policy.stall_timeout_seconds, policy.startup_timeout_seconds, step_seen=last_step is not None,
+                        first_step_awaited=awaits_first_step(d.job))
     if last_step is None:
-        limit, since, what = policy.startup_timeout_seconds, running_since, "no training step was read since all workers started running"
+        since, what = running_since, "no training step was read since all workers started running"
     else:
-        limit, since, what = policy.stall_timeout_seconds, last_step, f"step {d.status['progress']['step']} has not advanced"
+        since, what = last_step, f"step {d.status['progress']['step']} has not advanced"
     if limit is None:
         return None
     deadline = max(since, observed_since) + timedelta(seconds=limit)
