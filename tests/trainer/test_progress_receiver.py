@@ -90,7 +90,7 @@ def test_hf_trainer_progress_is_served(service, monkeypatch, tmp_path):
     assert final["llmtrain_estimated_remaining_seconds"] == 0
     assert final["llmtrain_last_step_timestamp_seconds"] > 0
     with urllib.request.urlopen(service.metrics_url, timeout=5) as response:  # what the operator reads from it
-        assert parse_progress(response.read().decode()) == {"step": 4, "loss": pytest.approx(logged[-1]["loss"])}
+        assert parse_progress(response.read().decode()) == {"step": 4, "totalSteps": 4, "loss": pytest.approx(logged[-1]["loss"])}
 
 
 def post(url: str, body: bytes, token: str | None) -> tuple[int, str]:
@@ -176,3 +176,17 @@ def test_report_helper_never_raises_when_the_receiver_is_gone(tmp_path):
             else:
                 os.environ[k] = v
     assert service.metrics_url is None and Path(env["KUBEFLOW_TRAINER_SERVER_TOKEN"]).exists()
+
+
+def test_promtool_accepts_the_exposition():
+    """Every series set (a diverged loss NaN included), checked by Prometheus' own linter as the trainer's are."""
+    import shutil
+
+    from llm_trainer.progress_receiver import ProgressState
+
+    assert shutil.which("promtool"), "promtool comes with Debian's prometheus: run ./dev setup (hack/test-deps-apt.txt)"
+    state = ProgressState()
+    state.apply({name: float("nan") if name == "llmtrain_loss" else 1.0 for name, _ in SERIES})
+    assert {f.name for f in text_string_to_metric_families(state.exposition())} == {name for name, _ in SERIES}
+    result = subprocess.run(["promtool", "check", "metrics"], input=state.exposition(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
