@@ -159,7 +159,8 @@ def _receiver_handler(state: ProgressState, token: str) -> type[BaseHTTPRequestH
             given = self.headers.get("Authorization", "")
             if not given.startswith("Bearer ") or not hmac.compare_digest(given[len("Bearer "):].strip().encode(), token.encode()):
                 return self._answer(401, f"missing or wrong bearer token: send 'Authorization: Bearer <contents of ${SERVER_TOKEN_ENV}>'")
-            length = int(self.headers.get("Content-Length") or 0)
+            declared = self.headers.get("Content-Length") or "0"
+            length = int(declared) if declared.isdigit() else 0  # not a length: refused below, as an empty body
             if length <= 0 or length > MAX_BODY_BYTES:
                 return self._answer(413 if length > 0 else 400, f"the body must be JSON of 1 to {MAX_BODY_BYTES} bytes (Content-Length {length})")
             try:

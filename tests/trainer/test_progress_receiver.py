@@ -119,6 +119,11 @@ def test_refuses_what_is_not_a_report_with_the_token(service):
     ]:
         url = service.receiver_url.replace("/v1/progress", "/v1/progress" + path) if path else service.receiver_url
         assert post(url, body, sent)[0] == code and says in post(url, body, sent)[1], (body, sent, path)
+    bad_length = urllib.request.Request(service.receiver_url, data=REPORT, method="POST",
+                                        headers={"Authorization": f"Bearer {token}", "Content-Length": "ten"})
+    with pytest.raises(urllib.error.HTTPError) as refused_length:
+        urllib.request.urlopen(bad_length, timeout=5)
+    assert refused_length.value.code == 400
     assert scrape(service.metrics_url) == {}  # nothing refused was applied
     assert post(service.receiver_url, REPORT, token) == (200, "ok\n")
     assert scrape(service.metrics_url)["llmtrain_step"] == 3
