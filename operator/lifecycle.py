@@ -165,8 +165,16 @@ def _follow_progress(d: Draft, gang: Sequence[Pod], reported: Optional[Mapping[s
         checkpoint = final.get("lastCheckpoint") or {}
         if isinstance(checkpoint.get("step"), int) and checkpoint.get("tag"):
             d.status["lastCheckpoint"] = {"step": checkpoint["step"], "tag": checkpoint["tag"], "path": f"{checkpoint_dir(d.job)}/{checkpoint['tag']}"}
-    progress["stepOfTotal"] = f"{progress['step']}/{total}"
+    progress["stepOfTotal"] = step_of_total(progress["step"], total, reported=awaits_first_step(d.job) or "updateTime" in progress)
     d.status["progress"] = progress
+
+
+NOT_REPORTED = "not reported"
+
+
+def step_of_total(step: int, total: int, *, reported: bool) -> str:
+    """status.progress.stepOfTotal (kubectl's Step column): a program that never reported a step says so, not 0/N."""
+    return f"{step}/{total}" if reported else NOT_REPORTED
 
 
 def _final_state(rank0: Optional[Pod], total: int) -> Optional[dict[str, Any]]:
@@ -406,7 +414,8 @@ def _succeed(d: Draft, pods: Sequence[Pod]) -> Decision:
     message = "training finished: " + ("the launcher (worker 0) exited 0" if launcher_only else f"all {nodes} workers exited 0")
     d.phase = "Succeeded"
     d.status["completionTime"] = d.stamp
-    if d.final_state is None:  # an image without the final state: the last scrape predates the end
+    # an image without the final state: the last scrape predates the end (a program that reported nothing: no step)
+    if d.final_state is None and d.status["progress"]["stepOfTotal"] != NOT_REPORTED:
         d.status["progress"] = {**d.status["progress"], "step": total, "stepOfTotal": f"{total}/{total}"}
     d.clear(RESTARTING, "JobSucceeded", message)
     d.condition(RUNNING, "False", "JobSucceeded", message)
