@@ -234,7 +234,7 @@ class ProgressService:
     def _serve(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
         server = ThreadingHTTPServer(address, handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name=f"progress:{address[1]}", daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.1,), name=f"progress:{address[1]}", daemon=True).start()
         self._servers.append(server)
         return server
 
