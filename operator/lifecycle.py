@@ -165,8 +165,16 @@ def _follow_progress(d: Draft, gang: Sequence[Pod], reported: Optional[Mapping[s
         checkpoint = final.get("lastCheckpoint") or {}
         if isinstance(checkpoint.get("step"), int) and checkpoint.get("tag"):
             d.status["lastCheckpoint"] = {"step": checkpoint["step"], "tag": checkpoint["tag"], "path": f"{checkpoint_dir(d.job)}/{checkpoint['tag']}"}
-    progress["stepOfTotal"] = f"{progress['step']}/{total}"
+    progress["stepOfTotal"] = step_of_total(progress["step"], total, reported=awaits_first_step(d.job) or "updateTime" in progress)
     d.status["progress"] = progress
+
+
+NOT_REPORTED = "not reported"
+
+
+def step_of_total(step: int, total: int, *, reported: bool) -> str:
+    """status.progress.stepOfTotal (kubectl's Step column): a program that never reported a step says so, not 0/N."""
+    return f"{step}/{total}" if reported else NOT_REPORTED
 
 
 def _final_state(rank0: Optional[Pod], total: int) -> Optional[dict[str, Any]]:
@@ -234,6 +242,21 @@ def _cause_may_follow(d: Draft, failures: Sequence[Failure], gang: Sequence[Pod]
     return True
 
 
+def stall_limit(stall_timeout: Optional[int], startup_timeout: Optional[int], *, step_seen: bool, first_step_awaited: bool) -> Optional[int]:
+    """Seconds without a new step after which the gang has stalled; None: not judged. Before the gang's first step
+    that is startupTimeoutSeconds, but only where a first step is awaited: a user's program may report no progress
+    at all, and stall detection never fires on a step it never saw (after its first step, stallTimeoutSeconds applies)."""
+    if step_seen:
+        return stall_timeout
+    return startup_timeout if first_step_awaited else None
+
+
+def awaits_first_step(job: LLMTrainingJob) -> bool:
+    """The built-in trainer always reports its steps; a user's program (spec.program, issue 18) reports them only if it
+    is an HF Trainer program or calls llmtraining_report. getattr: spec.program is introduced by that issue's API."""
+    return getattr(job.spec, "program", None) is None
+
+
 def _stall(d: Draft, gang: Sequence[Pod], observed_since: datetime) -> Optional[Failure]:
     """No step read for stallTimeoutSeconds (startupTimeoutSeconds before the gang's first step)."""
     if d.phase != "Running" or not all(is_running(p) for p in gang):
@@ -245,10 +268,12 @@ def _stall(d: Draft, gang: Sequence[Pod], observed_since: datetime) -> Optional[
     last_step = parse_time((d.status.get("progress") or {}).get("updateTime"))
     if last_step is not None and last_step < running_since:
         last_step = None  # a step of an earlier gang
+    limit = stall_limit(policy.stall_timeout_seconds, policy.startup_timeout_seconds, step_seen=last_step is not None,
+                        first_step_awaited=awaits_first_step(d.job))
     if last_step is None:
-        limit, since, what = policy.startup_timeout_seconds, running_since, "no training step was read since all workers started running"
+        since, what = running_since, "no training step was read since all workers started running"
     else:
-        limit, since, what = policy.stall_timeout_seconds, last_step, f"step {d.status['progress']['step']} has not advanced"
+        since, what = last_step, f"step {d.status['progress']['step']} has not advanced"
     if limit is None:
         return None
     deadline = max(since, observed_since) + timedelta(seconds=limit)
@@ -389,7 +414,8 @@ def _succeed(d: Draft, pods: Sequence[Pod]) -> Decision:
     message = "training finished: " + ("the launcher (worker 0) exited 0" if launcher_only else f"all {nodes} workers exited 0")
     d.phase = "Succeeded"
     d.status["completionTime"] = d.stamp
-    if d.final_state is None:  # an image without the final state: the last scrape predates the end
+    # an image without the final state: the last scrape predates the end (a program that reported nothing: no step)
+    if d.final_state is None and d.status["progress"]["stepOfTotal"] != NOT_REPORTED:
         d.status["progress"] = {**d.status["progress"], "step": total, "stepOfTotal": f"{total}/{total}"}
     d.clear(RESTARTING, "JobSucceeded", message)
     d.condition(RUNNING, "False", "JobSucceeded", message)

@@ -18,6 +18,7 @@ from .pods import Pod, node_rank, restart_of
 
 FIELDS = {
     "llmtrain_step": "step",
+    "llmtrain_total_steps": "totalSteps",  # a user's program says its total (the built-in trainer's is spec.training.steps)
     "llmtrain_loss": "loss",
     "llmtrain_tokens_per_second": "tokensPerSecond",
     "llmtrain_mfu": "mfu",
@@ -41,7 +42,7 @@ def parse_progress(text: str) -> dict[str, Any]:
             if key is not None:
                 if not math.isfinite(sample.value):  # a diverged loss is NaN; JSON (and the status) cannot hold it
                     continue
-                found[key] = int(sample.value) if key in ("step", "lastCheckpointStep") else round(sample.value, 6)
+                found[key] = int(sample.value) if key in ("step", "totalSteps", "lastCheckpointStep") else round(sample.value, 6)
     return found
 
 

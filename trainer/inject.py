@@ -16,14 +16,15 @@ from llm_operator.api import contract
 TRAINER = Path(__file__).resolve().parent
 OPERATOR = Path(contract.__file__).resolve().parent.parent
 # (source, destination under DIR); the launch package is copied whole
-MODULES = [(TRAINER / name, f"llm_trainer/{name}") for name in ("markers.py", "ssh.py", "shm.py")] + [
+MODULES = [(TRAINER / name, f"llm_trainer/{name}") for name in ("markers.py", "ssh.py", "shm.py", "progress_receiver.py")] + [
     (OPERATOR / "api" / "contract.py", "llm_operator/api/contract.py")]
 EMPTY_PACKAGES = ("llm_trainer/__init__.py", "llm_operator/__init__.py", "llm_operator/api/__init__.py")
 
 
 def inject(dest: Path) -> None:
-    shutil.copytree(TRAINER / "launch", dest / "llm_trainer" / "launch", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("launch", "report_helper"):  # report_helper: llmtraining_report, put on the program's PYTHONPATH
+        shutil.copytree(TRAINER / package, dest / "llm_trainer" / package, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     for package in EMPTY_PACKAGES:
         (dest / package).parent.mkdir(parents=True, exist_ok=True)
         (dest / package).write_text('"""Injected by llm_trainer.inject: only the stdlib-only launcher lives here."""\n')

@@ -59,6 +59,7 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("llmtrain_mfu", "gauge", (), "Model FLOPs utilization (PaLM FLOPs per token) over the last logging interval, 0-1; absent where the peak is unknown (CPU, unrecognised GPU)."),
     ("llmtrain_gpu_memory_bytes", "gauge", (), "Peak accelerator memory allocated, maximum over the ranks."),
     ("llmtrain_trained_tokens", "gauge", (), "Tokens trained so far by the job, resumed runs included (step × tokens per step)."),
+    ("llmtrain_estimated_remaining_seconds", "gauge", (), "Seconds until training ends, as a user's program estimates it (HF Trainer); absent for the built-in trainer."),
     ("llmtrain_last_step_timestamp_seconds", "gauge", (), "Unix time the last optimizer step ended on this node (a hang shows as its age)."),
     ("llmtrain_last_checkpoint_step", "gauge", (), "Step of the newest complete checkpoint."),
     ("llmtrain_last_checkpoint_timestamp_seconds", "gauge", (), "Unix time the newest complete checkpoint was committed."),

@@ -52,7 +52,9 @@ def pod_commands(job: LLMTrainingJob, out: Path, master_port: int) -> list[tuple
                       *runner[runner.index(f"--master_port={master_port}") + 1:]]
         command = [expand(arg, env) for arg in runner]
         checks = sorted({command[0], program.command[0]})
-        launcher = [sys.executable, "-m", "llm_trainer.launch", "--termination-log", "",
+        # the receiver on loopback only (no /metrics port locally), as in the pods for HF Trainer and llmtraining_report
+        launcher = [sys.executable, "-m", "llm_trainer.launch", "--termination-log", "", "--progress-port", "0",
+                    "--progress-token", str(out / f"progress-token-{rank}"),
                     *[arg for name in checks for arg in ("--check-command", name)], "--", *command]
         pods.append((launcher, env))
     return pods

@@ -87,7 +87,8 @@ def launch_command(job: LLMTrainingJob, rank: int, ctx: RenderContext) -> list[s
     command = rank_command(job, rank, ctx)
     # Our worker writes the completion marker; a program's own exit status is its truth. A command missing
     # from the image fails at once (exit 5), not after the peers' wait and a restart.
-    tail = ["--marker-dir", MARKER_DIR] if spec.program is None else ["--check-command", command[0]]
+    tail = ["--marker-dir", MARKER_DIR] if spec.program is None else [
+        "--check-command", command[0], "--progress-port", str(spec.monitoring.port)]
     if spec.program is not None and command[0] != spec.program.command[0]:
         tail += ["--check-command", spec.program.command[0]]
     return [*entry, *(sshd if spec.launcher.mode == "ssh" else []), *waits, *timeout, *tail, "--", *command]

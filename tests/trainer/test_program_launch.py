@@ -44,6 +44,9 @@ def test_exec_runs_the_command_once_per_pod_with_the_gang_shape_and_expands_vars
     assert sorted(s["NODE_RANK"] for s in seen) == ["0", "1"]
     assert {(s["NNODES"], s["NPROC_PER_NODE"], s["WORLD_SIZE"], s["PET_NNODES"], s["LLMTRAIN_RESTART"]) for s in seen} == {("2", "2", "4", "2", "0")}
     assert sorted(s["argv"][1] for s in seen) == ["0", "1"]
+    # each pod's launcher started its progress receiver and gave the program its URL and the report helper
+    assert all(s["KUBEFLOW_TRAINER_SERVER_URL"].startswith("http://127.0.0.1:") for s in seen)
+    assert [s["reported"] for s in seen] == [True, True]
     assert {tuple(s["argv"][2:]) for s in seen} == {("--of", "2", "$(NODE_RANK)", "$(UNDEFINED_VAR)")}  # as the kubelet expands
 
 
@@ -69,9 +72,10 @@ def test_the_injected_launcher_needs_no_site_packages(tmp_path):
     subprocess.run([sys.executable, "-m", "llm_trainer.inject", str(dest)], check=True)
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(dest)}
     ok = subprocess.run([sys.executable, "-S", "-m", "llm_trainer.launch", "--termination-log", str(tmp_path / "t.log"),
-                         "--check-command", "true", "--", "python3", "-S", "-c", "print('program ran')"],
+                         "--check-command", "true", "--progress-port", "0", "--progress-token", str(tmp_path / "token"), "--",
+                         "python3", "-S", "-c", "import llmtraining_report; print('program ran', llmtraining_report.step(1, loss=2.0))"],
                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
-    assert ok.returncode == 0 and "program ran" in ok.stdout, ok.stderr
+    assert ok.returncode == 0 and "program ran True" in ok.stdout, ok.stderr  # the receiver took the report
     failing = subprocess.run([sys.executable, "-S", "-m", "llm_trainer.launch", "--termination-log", str(tmp_path / "t.log"),
                               "--", "python3", "-S", "-c", "raise SystemExit(7)"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert failing.returncode == 7

@@ -50,6 +50,8 @@ def test_each_launcher_runs_the_program_on_every_rank(command, launcher, rank, e
     assert container["command"][:3] == ["python3", "-m", "llm_trainer.launch"]
     assert ["--check-command", expected[0]] == container["command"][container["command"].index("--check-command"):][:2]
     assert "--marker-dir" not in container["command"]
+    # the pod's progress receiver (KubeflowCallback, llmtraining_report) serves the llmtrain_* series on monitoring.port
+    assert container["command"][container["command"].index("--progress-port") + 1] == "29600"
 
 
 def test_the_program_gets_the_gang_shape_in_torchrun_names_and_ours():

@@ -38,6 +38,7 @@ from .common import EXIT_INPUT, EXIT_PEERS, EXIT_SSH, EXIT_USAGE, LaunchError, l
 from .env import command_env
 from .outcome import decide_outcome, signal_name
 from .peers import Peer, describe_missing, wait_for_peers
+from .progress import close_progress, start_progress
 from .sshmode import check_ssh, serve_sshd_only, start_sshd
 from .supervisor import Supervisor, become_subreaper
 from .termination import termination_message, write_termination_log
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the command exits, how long its leftover processes may run before they are killed")
     p.add_argument("--check-command", action="append", default=[], metavar="NAME",
                    help="exit 5 at once, naming it, when NAME is not an executable on PATH (a program job's command)")
+    p.add_argument("--progress-port", type=int, metavar="PORT",
+                   help="a user's program: serve its reported progress as llmtrain_* series on PORT (0: receiver only)")
+    p.add_argument("--progress-token", default="/tmp/llmtrain/progress-token", metavar="PATH", help="bearer token file of the receiver")
     ssh_group = p.add_argument_group("ssh launcher mode")
     ssh_group.add_argument("--sshd", action="store_true", help="start a non-root sshd and write the ssh client config")
     ssh_group.add_argument("--sshd-only", action="store_true", help="only run sshd (workers 1..N-1), until SIGTERM")
@@ -119,7 +123,7 @@ def master_of(command: list[str]) -> tuple[Optional[str], Optional[str]]:
 
 def run_command(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
     marker_dir = clear_markers(args.marker_dir) if args.marker_dir else None
-    env = command_env(args)
+    env = {**command_env(args), **getattr(args, "progress_env", {})}
     log("info", "starting command", argv=args.command, marker_dir=args.marker_dir)
     try:
         sup.command = sup.spawn(args.command, env=env)
@@ -190,6 +194,8 @@ def launch(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
         return 128 + sup.received, f"{signal_name(sup.received)} received before the command started"
     if missing:
         raise LaunchError(EXIT_PEERS, describe_missing(missing, args.timeout))
+    args.progress_service = start_progress(args)
+    args.progress_env = args.progress_service.program_env() if args.progress_service is not None else {}
     if args.sshd and args.check_ssh and args.wait_tcp:
         failures = check_ssh(args.wait_tcp)
         if failures:
@@ -211,6 +217,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except LaunchError as e:
         code, message = e.code, str(e)
     finally:
+        close_progress(getattr(args, "progress_service", None), stop=lambda: sup.received is not None)
         sup.stop_sshd()
     log("info" if code == 0 else "error", message, exit_code=code)
     write_termination_log(args.termination_log, termination_message(code, message, args.marker_dir))
