@@ -109,3 +109,28 @@ def test_without_psutil_the_ranks_are_found_in_proc_so_sigterm_reaches_them_firs
             os.kill(child, 9)
         parent.kill()
         parent.wait()
+
+
+@pytest.mark.parametrize("lines, expected", [
+    (["Traceback (most recent call last):", '  File "t.py", line 3', "ValueError: bad shard 7"], {"rank": "? on node 1", "error": "ValueError: bad shard 7"}),
+    (["[rank3]: Traceback (most recent call last):", "[rank3]: torch.distributed.DistBackendError: NCCL error", "[launch.py:1] exits"],
+     {"rank": "3", "error": "torch.distributed.DistBackendError: NCCL error"}),
+    (["RuntimeError: boom", "Failures:", "  <NO_OTHER_FAILURES>", "Root Cause (first observed failure):", "[0]:", "  rank      : 2 (local_rank: 0)"],
+     {"rank": "2", "error": "RuntimeError: boom"}),
+    (["just some output", "exit now"], None),
+])
+def test_the_failing_rank_and_its_last_exception_line_come_from_the_stderr_tail(lines, expected):
+    from llm_trainer.launch.errortail import failing_rank_error
+
+    assert failing_rank_error(lines, "1") == expected
+
+
+def test_a_failing_program_names_its_exception_in_the_termination_message(tmp_path):
+    from llm_trainer.launch import main
+
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    code = main(["--termination-log", str(log), "--check-command", sys.executable, "--", sys.executable, "-c",
+                 "import sys; print('ok so far'); raise ValueError('bad shard 7')"])
+    assert code == 1
+    assert "ValueError: bad shard 7" in log.read_text() and "command exited with status 1" in log.read_text()

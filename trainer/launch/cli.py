@@ -25,6 +25,7 @@ import argparse
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import time
 from typing import Optional
@@ -36,6 +37,7 @@ from ..markers import PREEMPTED as PREEMPTED_MARKER
 from ..shm import release_allreduce_buffers
 from .common import EXIT_INPUT, EXIT_PEERS, EXIT_SSH, EXIT_USAGE, LaunchError, log
 from .env import command_env
+from .errortail import StderrTail, failing_rank_error, node_rank
 from .outcome import decide_outcome, signal_name
 from .peers import Peer, describe_missing, wait_for_peers
 from .progress import close_progress, start_progress
@@ -125,8 +127,14 @@ def run_command(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
     marker_dir = clear_markers(args.marker_dir) if args.marker_dir else None
     env = {**command_env(args), **getattr(args, "progress_env", {})}
     log("info", "starting command", argv=args.command, marker_dir=args.marker_dir)
+    tail = None
     try:
-        sup.command = sup.spawn(args.command, env=env)
+        if args.check_command:  # a user's program: its errors are read from its stderr (errortail)
+            sup.command = sup.spawn(args.command, env=env, stderr=subprocess.PIPE)
+            assert sup.command.stderr is not None
+            tail = StderrTail(sup.command.stderr)
+        else:
+            sup.command = sup.spawn(args.command, env=env)
     except OSError as e:
         raise LaunchError(127 if isinstance(e, FileNotFoundError) else 126, f"cannot start {args.command[0]}: {e}") from None
     started = time.monotonic()
@@ -136,7 +144,10 @@ def run_command(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
     sup.drain(timeout=None if sup.received else args.linger_timeout)
     release_allreduce_buffers(*master_of(args.command))  # ranks killed by a signal leave theirs behind
     if marker_dir is None:
-        return decide_outcome(returncode, None, sup.received)
+        if tail is not None:
+            tail.join()
+        rank_error = failing_rank_error(list(tail.lines), node_rank()) if tail is not None and returncode != 0 else None
+        return decide_outcome(returncode, None, sup.received, rank_error=rank_error)
     return decide_outcome(returncode, (marker_dir / COMPLETE_MARKER).exists(), sup.received,
                           markers.read(marker_dir, PREEMPTED_MARKER), markers.first_error(marker_dir))
 

@@ -1,0 +1,69 @@
+"""A user's program writes none of our error markers: its failure is read from the tail of its stderr.
+
+The launcher passes the command's stderr through (the pod log stays whole) and keeps the last lines; on a
+failure the termination message carries the last exception line and, when the output says, the failing rank
+(torch's `[rankN]:` prefixes, torchrun's failure summary `rank : N`), else this pod's node rank.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import sys
+import threading
+from typing import IO, Optional
+
+TAIL_LINES = 400
+_RANK_PREFIX = re.compile(r"^\[rank(\d+)\]:\s?")
+_SUMMARY_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
+# `ValueError: bad shard`, `torch.distributed.DistBackendError: ...`, `KeyboardInterrupt`
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)(:.*)?$")
+
+
+class StderrTail:
+    """Copies a pipe to our stderr in a thread and keeps its last lines."""
+
+    def __init__(self, pipe: IO[bytes], out: Optional[IO[bytes]] = None) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._pipe, self._out = pipe, out or sys.stderr.buffer
+        self._thread = threading.Thread(target=self._copy, name="stderr-tail", daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        for raw in iter(self._pipe.readline, b""):
+            try:
+                self._out.write(raw)
+                self._out.flush()
+            except (OSError, ValueError):
+                pass
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)
+
+
+def failing_rank_error(lines: list[str], node_rank: Optional[str] = None) -> Optional[dict]:
+    """{"rank", "error"} from a failed program's stderr tail: the last exception line and who raised it."""
+    error, rank = None, None
+    for line in reversed(lines):
+        prefix = _RANK_PREFIX.match(line)
+        text = line[prefix.end():] if prefix else line
+        if error is None and _EXCEPTION.match(text.strip()):
+            error, rank = text.strip(), prefix.group(1) if prefix else None
+        if error is not None and rank is None:
+            summary = _SUMMARY_RANK.match(line)
+            if summary:
+                rank = summary.group(1)
+        if error is not None and rank is not None:
+            break
+    if error is None:
+        return None
+    if rank is None:
+        from_summary = next((m.group(1) for m in map(_SUMMARY_RANK.match, lines) if m), None)
+        rank = from_summary or (f"? on node {node_rank}" if node_rank is not None else "?")
+    return {"rank": rank, "error": error}
+
+
+def node_rank() -> Optional[str]:
+    return os.environ.get("NODE_RANK")
