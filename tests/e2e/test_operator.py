@@ -57,6 +57,14 @@ class TestCRD:
              "model.nLayers (3) must be divisible by training.pipelineStages (2)"),
             (lambda m: m["spec"]["training"].update(pipelineStages=2, globalBatchSize=6),
              "training.globalBatchSize (6) must be divisible by microBatchSize × nodes × slotsPerNode / pipelineStages = 1 × 2 × 4 / 2 = 4"),
+            # the user's own program (issue 18)
+            (lambda m: m["spec"].update(program={"command": ["python", "t.py"]}),
+             "model configures the built-in trainer and cannot be combined with program: remove model"),
+            (lambda m: (m["spec"].pop("model"), m["spec"].update(program={"command": ["python", "t.py"]})),
+             "training configures the built-in trainer and cannot be combined with program: remove training"),
+            (lambda m: (m["spec"].pop("model"), m["spec"].pop("training"), m["spec"].update(program={"command": []})),
+             "program.command must name the program to run"),
+            (lambda m: m["spec"].pop("model"), "set model (the built-in trainer) or program"),
         ],
     )
     def test_api_server_rejects_invalid_manifests(self, control_plane, crd, namespace, mutate, expected):
@@ -65,6 +73,14 @@ class TestCRD:
         result = control_plane.kubectl("apply", "-n", namespace, "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
         assert result.returncode != 0
         assert expected in result.stderr
+
+    def test_a_program_job_is_accepted_without_model_data_training(self, control_plane, crd, namespace):
+        manifest = job_manifest("program")
+        for field in ("model", "data", "training", "deepspeed"):
+            manifest["spec"].pop(field, None)
+        manifest["spec"]["program"] = {"command": ["python", "train.py"], "launcher": "torchrun"}
+        result = control_plane.kubectl("apply", "-n", namespace, "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
+        assert result.returncode == 0, result.stderr
 
     def test_pipeline_global_batch_counts_data_parallel_ranks_only(self, control_plane, crd, namespace):
         """8 ranks in 2 stages: 4 data-parallel ranks, so a global batch of 4 is one micro-batch each (not 8)."""
