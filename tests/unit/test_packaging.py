@@ -621,7 +621,10 @@ SYSTEM_PATHS = {
 
 
 def test_trainer_stage_provides_what_the_worker_pods_run():
-    pods = rendered_pods()
+    # a program job's pods run the user's image with the injected launcher (docs/programs.md), not this stage
+    program_pods = [p for p in rendered_pods() if "initContainers" in p["spec"]]
+    assert program_pods and all(p["spec"]["containers"][0]["command"][:3] == ["python3", "-m", "llm_trainer.launch"] for p in program_pods)
+    pods = [p for p in rendered_pods() if "initContainers" not in p["spec"]]
     commands = [c["command"] for p in pods for c in p["spec"]["containers"]]
     assert {c[0] for c in commands} == {"llm-train"}
     ssh_mode = [c for c in commands if "--sshd" in c]
