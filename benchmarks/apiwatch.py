@@ -75,6 +75,7 @@ class Timeline:
     pod_running: dict[str, float] = field(default_factory=dict)
     pod_job: dict[str, str] = field(default_factory=dict)
     job_running: dict[str, float] = field(default_factory=dict)
+    job_succeeded: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_pod(self, type_: str, pod: dict, at: float) -> None:
@@ -86,9 +87,10 @@ class Timeline:
                 self.pod_running.setdefault(name, at)
 
     def on_job(self, type_: str, job: dict, at: float) -> None:
-        if (job.get("status") or {}).get("phase") == "Running":
+        phase = (job.get("status") or {}).get("phase")
+        if phase in ("Running", "Succeeded"):
             with self.lock:
-                self.job_running.setdefault(job["metadata"]["name"], at)
+                (self.job_running if phase == "Running" else self.job_succeeded).setdefault(job["metadata"]["name"], at)
 
     def running_lags(self) -> list[float]:
         """Per job: when it showed Running minus when its last pod showed Running."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from .clock import utcnow
@@ -27,6 +26,7 @@ from .progress import ScrapeTarget, fetch_metrics, parse_progress
 from .reconcile import Reconciler
 from .view import ClusterView
 from .view_sync import ViewSync
+from .writers import Writers
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ JobKey = tuple[str, str]  # (namespace, name)
 RESYNC_SECONDS = 600.0  # a reconcile at least this often, whatever was (not) seen
 RETRY_SECONDS = (1.0, 60.0)  # after a failed reconcile: first delay, cap
 RECONCILE_THREADS = 16  # reconciles at once; they mostly wait for the API server (writes: reconcile.WRITE_CONCURRENCY)
+# A job's later reconciles (its pods came up, failed, ended) go before the first reconciles of jobs just created:
+# those create gangs, and a burst of 1000 new jobs must not hold back the status of the jobs already running.
+LATER, FIRST = 0, 1
 
 
 class JobLoops:
@@ -47,7 +50,7 @@ class JobLoops:
         self.fetch = fetch
         self._pokes: dict[JobKey, asyncio.Event] = {}
         self._tasks: dict[JobKey, asyncio.Task] = {}
-        self._threads = ThreadPoolExecutor(RECONCILE_THREADS, thread_name_prefix="reconcile")
+        self._threads = Writers(RECONCILE_THREADS, name="reconcile")
 
     # ------------------------------------------------------------------------- watch events (event loop)
     def on_job(self, type_: Optional[str], body: dict[str, Any]) -> None:
@@ -126,6 +129,7 @@ class JobLoops:
         due = loop.time()  # when to reconcile next
         next_scrape = loop.time()
         failures = 0
+        priority = FIRST
         try:
             await self.sync.wait_synced()
             while True:
@@ -133,7 +137,7 @@ class JobLoops:
                     poke.clear()
                     try:
                         reconcile = functools.partial(self.reconciler.reconcile_by_name, namespace, name, observed_since, reported)
-                        outcome = await loop.run_in_executor(self._threads, reconcile)
+                        outcome = await asyncio.wrap_future(self._threads.submit(priority, reconcile))
                         if outcome is not None and outcome.finishing is not None:
                             await asyncio.wrap_future(outcome.finishing)
                     except Exception as exc:  # retried: whatever triggered this reconcile must not be lost
@@ -143,7 +147,7 @@ class JobLoops:
                         log.log(level, "reconcile of %s/%s failed (retry in %.0f s): %s", namespace, name, delay, exc, exc_info=level == logging.WARNING)
                         due = loop.time() + delay
                         continue
-                    failures = 0
+                    failures, priority = 0, LATER
                     if outcome is None:
                         return  # the job is gone
                     target = outcome.scrape if self.progress_interval > 0 else None  # 0: progress reading is off

@@ -30,7 +30,7 @@ from .progress import ScrapeTarget, scrape_target
 from .render import RenderContext, build_worker_pod, render_children
 from .render.gang import plan_gang
 from .view import ClusterView
-from .writers import CREATE, FINISH, Writers
+from .writers import CREATE, Writers, finish_priority
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Reconciler:
         if not (patch or decision.events or decision.delete_pods or decision.delete_job or decision.workload_patch or decision.delete_workload):
             metrics.record(namespace, name, meta.get("creationTimestamp"), previous, decision.status)
             return Outcome(decision, target)
-        return Outcome(decision, target, self.writers.submit(FINISH, self._finish, body, patch, decision))
+        return Outcome(decision, target, self.writers.submit(finish_priority(patch), self._finish, body, patch, decision))
 
     def _finish(self, body: dict, patch: dict, decision: Decision) -> None:
         """Carry out the rest of a decision, in order: the status first, so that an operator killed from here

@@ -15,7 +15,7 @@ def test_benchmark_smoke_counts_the_operators_requests(tmp_path):
     jobs, workers = 2, 2
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_operator.py"), "--jobs", str(jobs), "--workers", str(workers),
-         "--nodes", "3", "--settle", "2", "--cp-dir", str(tmp_path / "cp"), "--log", str(tmp_path / "operator.log")],
+         "--nodes", "3", "--settle", "2", "--finish", "--cp-dir", str(tmp_path / "cp"), "--log", str(tmp_path / "operator.log")],
         capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -29,4 +29,4 @@ def test_benchmark_smoke_counts_the_operators_requests(tmp_path):
     assert "get llmtrainingjobs" not in requests["by_verb_resource"]  # the job comes from the watch
     assert result["noop_events"] == jobs * workers and result["requests_for_noop_events"] == 0
     assert result["requests_while_quiet"] == 0
-    assert {"operator_over_raw", "running_lag_s", "rss_mib", "cpu_s"} <= set(result)
+    assert {"operator_over_raw", "operator_over_raw_pods", "running_lag_s", "rss_mib", "rss_finished_mib", "cpu_s"} <= set(result)

@@ -15,7 +15,7 @@ from llm_operator.kube import ForeignChild, NamespaceTerminating
 from llm_operator.reconcile import Reconciler
 from llm_operator.render import RenderContext
 from llm_operator.view import ClusterView
-from llm_operator.writers import CREATE, FINISH, Writers
+from llm_operator.writers import CREATE, FINISH, STATUS, Writers, finish_priority
 
 SINCE = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -298,6 +298,88 @@ def test_writers_serve_gang_creation_before_status_and_events():
     for future in later:
         future.result(timeout=5)
     assert order == ["pod-a", "pod-b", "status"]
+
+
+def test_writers_serve_a_status_users_see_before_gang_creation():
+    """Issue 22: a job whose gang came up is not written Running after every other job's gang is created."""
+    writers, order, gate = Writers(1), [], threading.Event()
+    writers.submit(CREATE, gate.wait)  # the only writer is busy
+    later = [writers.submit(CREATE, order.append, "pod-a"), writers.submit(FINISH, order.append, "ready count"),
+             writers.submit(STATUS, order.append, "phase Running"), writers.submit(CREATE, order.append, "pod-b")]
+    gate.set()
+    for future in later:
+        future.result(timeout=5)
+    assert order == ["phase Running", "pod-a", "pod-b", "ready count"]
+
+
+@pytest.mark.parametrize("patch, lane", [
+    ({"phase": "Running"}, STATUS),
+    ({"conditions": [{"type": "Failed", "status": "True"}]}, STATUS),
+    ({"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z", "readyNodes": 0}, STATUS),
+    ({"readyNodes": 1}, FINISH),
+    ({"progress": {"step": 3}}, FINISH),
+    ({}, FINISH),  # Events or stopping pods only
+])
+def test_finish_priority(patch, lane):
+    assert finish_priority(patch) == lane
+
+
+class RecordingWriters(Writers):
+    def __init__(self):
+        super().__init__(4)
+        self.priorities = []
+
+    def submit(self, priority, call, *args):
+        self.priorities.append(priority)
+        return super().submit(priority, call, *args)
+
+
+def test_a_new_gangs_status_is_written_in_the_status_lane(manifest):
+    reconciler, _, _ = make_reconciler(manifest)
+    reconciler.writers = RecordingWriters()
+    reconcile(reconciler, manifest)
+    assert set(reconciler.writers.priorities[:-1]) == {CREATE} and reconciler.writers.priorities[-1] == STATUS
+
+
+def test_job_loop_runs_later_reconciles_before_the_first_reconciles_of_new_jobs(monkeypatch):
+    """Issue 22: with every reconcile thread busy creating new jobs' gangs, a running job's next reconcile (its
+    pods came up) goes first, not after the first reconciles of all the jobs created after it."""
+    monkeypatch.setattr("llm_operator.job_loop.RECONCILE_THREADS", 1)
+    gate, order = threading.Event(), []
+
+    class GatedReconciler(CountingReconciler):
+        def reconcile_by_name(self, namespace, name, observed_since, reported):
+            order.append(name)
+            if name == "busy":
+                gate.wait(5)
+            from llm_operator.lifecycle import Decision
+            from llm_operator.reconcile import Outcome
+            return Outcome(Decision(status={"phase": "Running", "restarts": 0}), None)
+
+    async def until(condition):
+        for _ in range(500):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"not reached; order {order}")
+
+    async def scenario():
+        loops = JobLoops(GatedReconciler(), progress_interval=0)
+        loops.ensure_running("ns", "running")
+        await until(lambda: order == ["running"])
+        loops.ensure_running("ns", "busy")  # the only thread is taken by a new job's gang creation …
+        await until(lambda: order == ["running", "busy"])
+        for name in ("new-1", "new-2"):  # … more new jobs queue behind it …
+            loops.ensure_running("ns", name)
+        await asyncio.sleep(0.05)
+        loops.poke("ns", "running")  # … and then the running job's pods change
+        await asyncio.sleep(0.05)
+        gate.set()
+        await until(lambda: len(order) == 5)
+        await loops.stop_all()
+
+    asyncio.run(scenario())
+    assert order == ["running", "busy", "running", "new-1", "new-2"]
 
 
 def test_only_event_handlers_are_registered():
