@@ -177,11 +177,12 @@ def test_non_mapping_manifest():
 
 def test_immutability_rules_name_every_field_but_suspend():
     """The CEL transition rules list fields by name: a new field must be added there (or made mutable on purpose)."""
-    from llm_operator.api.v1alpha1 import (IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS, IMMUTABLE_RUN_POLICY_FIELDS, IMMUTABLE_SPEC_FIELDS,
-                                           LLMTrainingJobSpec, RunPolicy)
+    from llm_operator.api.v1alpha1 import (IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS, IMMUTABLE_OPTIONAL_SPEC_FIELDS, IMMUTABLE_RUN_POLICY_FIELDS,
+                                           IMMUTABLE_SPEC_FIELDS, LLMTrainingJobSpec, RunPolicy)
 
-    spec_fields = {f.alias for f in LLMTrainingJobSpec.model_fields.values()}
-    assert set(IMMUTABLE_SPEC_FIELDS) == spec_fields - {"runPolicy"}
+    spec_fields = {f.alias: f for f in LLMTrainingJobSpec.model_fields.values()}
+    assert set(IMMUTABLE_SPEC_FIELDS) | set(IMMUTABLE_OPTIONAL_SPEC_FIELDS) == set(spec_fields) - {"runPolicy"}
+    assert all(not spec_fields[f].is_required() and spec_fields[f].default is None for f in IMMUTABLE_OPTIONAL_SPEC_FIELDS)
     run_policy = {name: f for name, f in ((f.alias, f) for f in RunPolicy.model_fields.values())}
     assert set(IMMUTABLE_RUN_POLICY_FIELDS) | set(IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS) == set(run_policy) - {"suspend"}
     assert all(not run_policy[f].is_required() and run_policy[f].default is None for f in IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS)
