@@ -167,7 +167,7 @@ class Reconciler:
                     if not (c["kind"] == "Pod" and c["metadata"]["name"] in existing)]
         flavors = self._admitted_flavors(job)
         if flavors:
-            children = [kueue.place_on_flavors(c, flavors) if c["kind"] == "Pod" else c for c in children]
+            children = [kueue.gate_for_topology(kueue.place_on_flavors(c, flavors), job) if c["kind"] == "Pod" else c for c in children]
 
         def create(child: dict) -> bool:
             was_created, current = self.kube.create_if_absent(child)
