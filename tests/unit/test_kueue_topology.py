@@ -71,3 +71,19 @@ def test_admitted_gang_is_created_gated_on_the_flavor(manifest):
         assert worker["spec"]["schedulingGates"] == [{"name": "kueue.x-k8s.io/topology"}]
         assert worker["spec"]["nodeSelector"] == {"gpu": "h100"}  # the flavor's node labels, as without topology
         assert worker["metadata"]["annotations"]["kueue.x-k8s.io/workload"] == kube.workload()["metadata"]["name"]
+
+
+# ============================================================== spec.managedBy: MultiKueue's manager cluster
+def test_a_job_managed_by_multikueue_gets_its_workload_and_nothing_else(manifest):
+    body = queued(manifest)
+    body["spec"]["managedBy"] = "kueue.x-k8s.io/multikueue"
+    reconciler, events = kueue_reconciler(body)
+    kube = reconciler.kube
+    reconcile(reconciler, body)
+    wl = kube.workload()
+    assert wl["metadata"]["ownerReferences"][0]["controller"] is True and kube.pods() == []
+    kube.kueue_sets(("QuotaReserved", "True", "QuotaReserved"), ("Admitted", "True", "Admitted"), admission=ADMISSION)
+    kube.calls.clear()
+    reconcile(reconciler, body)
+    assert kube.pods() == [] and kube.calls == [] and events == []  # no pods, no status: the worker cluster's copy runs it
+    assert "status" not in body
