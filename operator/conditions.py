@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 CREATED, RUNNING, RESTARTING, STALLED, SUSPENDED, SUCCEEDED, FAILED = "Created", "Running", "Restarting", "Stalled", "Suspended", "Succeeded", "Failed"
+TOPOLOGY_PLACED = "TopologyPlaced"  # whether a placement path honours spec.gang.topology (render/topology.py)
 GANG_SCHEDULED = "GangScheduled"  # which gang scheduler binds the workers all or nothing (False: none does)
 QUEUED = "Queued"  # Kueue: True while the job waits for admission (kueue.py)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from .api import LLMTrainingJob
-from .render.names import JOB_NAME_LABEL, RenderContext, labels, owner_reference
+from .render.names import JOB_NAME_LABEL, NODE_RANK_LABEL, RenderContext, labels, owner_reference
 
 GROUP = "kueue.x-k8s.io"
 VERSION = "v1beta2"
@@ -40,6 +40,13 @@ POD_SET = "workers"
 # Workload condition types and reasons (apis/kueue/v1beta2/workload_types.go)
 QUOTA_RESERVED, ADMITTED, EVICTED, FINISHED, REQUEUED = "QuotaReserved", "Admitted", "Evicted", "Finished", "Requeued"
 REQUEUED_AFTER = ("Preempted", "NodeFailures")  # eviction reasons after which Kueue's jobframework sets Requeued=True
+# Topology Aware Scheduling: what Kueue's TopologyUngater (pkg/controller/tas/topology_ungater.go) finds a pod by
+# (the podset label, the workload annotation, a podset-*-topology annotation: pkg/util/tas IsTAS) and the gate it lifts
+# once it has written the pod's domain into its nodeSelector (apis/kueue/v1beta2/topology_types.go, pkg/constants).
+PODSET_LABEL = f"{GROUP}/podset"
+WORKLOAD_ANNOTATION = f"{GROUP}/workload"
+TOPOLOGY_GATE = f"{GROUP}/topology"
+TOPOLOGY_ANNOTATION = {"required": f"{GROUP}/podset-required-topology", "preferred": f"{GROUP}/podset-preferred-topology"}
 
 
 def queue_name(job: LLMTrainingJob) -> Optional[str]:
@@ -63,11 +70,12 @@ def build_workload(job: LLMTrainingJob, worker: Mapping[str, Any], priority: Opt
     queue = queue_name(job)
     if queue is None:
         raise ValueError(f"job {job.metadata.name} has no {QUEUE_NAME_LABEL} label")
-    spec: dict[str, Any] = {
-        "queueName": queue,
-        "podSets": [{"name": POD_SET, "count": job.spec.nodes,
-                     "template": {"metadata": {"labels": dict(worker["metadata"].get("labels") or {})}, "spec": worker["spec"]}}],
-    }
+    pod_set: dict[str, Any] = {"name": POD_SET, "count": job.spec.nodes,
+                               "template": {"metadata": {"labels": dict(worker["metadata"].get("labels") or {})}, "spec": worker["spec"]}}
+    request = topology_request(job)
+    if request is not None:
+        pod_set["topologyRequest"] = request
+    spec: dict[str, Any] = {"queueName": queue, "podSets": [pod_set]}
     pclass = priority_class(job)
     if pclass is not None:
         spec["priorityClassRef"] = {"group": GROUP, "kind": "WorkloadPriorityClass", "name": pclass}
@@ -84,6 +92,16 @@ def build_workload(job: LLMTrainingJob, worker: Mapping[str, Any], priority: Opt
                      "ownerReferences": [owner_reference(job)]},
         "spec": spec,
     }
+
+
+def topology_request(job: LLMTrainingJob) -> Optional[dict[str, str]]:
+    """The podSet's topologyRequest for spec.gang.topology. podIndexLabel: Kueue's ungater hands out the assigned
+    domains in the order of this label, so consecutive ranks (ring all-reduce neighbours) share the closest domains."""
+    topology = job.spec.gang.topology
+    if topology is None:
+        return None
+    kind = "required" if topology.required else "preferred"
+    return {kind: topology.level, "podIndexLabel": NODE_RANK_LABEL}
 
 
 # ============================================================================================ reading
@@ -150,6 +168,25 @@ def place_on_flavors(pod: dict[str, Any], flavors: Sequence[Mapping[str, Any]]) 
     return {**pod, "spec": spec}
 
 
+def gate_for_topology(pod: dict[str, Any], job: LLMTrainingJob) -> dict[str, Any]:
+    """A worker pod of a job with spec.gang.topology, admitted by Kueue: it carries what the TopologyUngater looks for,
+    and is held by the topology gate until the ungater writes its domain (the node labels of the level) into its
+    nodeSelector. Without topology the pod is returned as it is."""
+    topology = job.spec.gang.topology
+    if topology is None:
+        return pod
+    kind = "required" if topology.required else "preferred"
+    meta = dict(pod["metadata"])
+    meta["labels"] = {**(meta.get("labels") or {}), PODSET_LABEL: POD_SET}
+    meta["annotations"] = {**(meta.get("annotations") or {}), WORKLOAD_ANNOTATION: workload_name(job), TOPOLOGY_ANNOTATION[kind]: topology.level}
+    spec = dict(pod["spec"])
+    gates = list(spec.get("schedulingGates") or [])
+    if {"name": TOPOLOGY_GATE} not in gates:
+        gates.append({"name": TOPOLOGY_GATE})
+    spec["schedulingGates"] = gates
+    return {**pod, "metadata": meta, "spec": spec}
+
+
 # ============================================================================================ writing
 def _set(conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str, now: str, generation: Optional[int]) -> None:
     entry = next((c for c in conditions if c.get("type") == type_), None)
@@ -202,5 +239,5 @@ def slim_workload(workload: Mapping[str, Any]) -> dict[str, Any]:
     return {"metadata": slim_meta, "status": slim_status}
 
 
-__all__ = ["Admission", "RenderContext", "admission_of", "build_workload", "finish_patch", "place_on_flavors", "release_quota_patch", "slim_workload",
-           "priority_class", "queue_name", "workload_name"]
+__all__ = ["Admission", "RenderContext", "admission_of", "build_workload", "finish_patch", "gate_for_topology", "place_on_flavors",
+           "release_quota_patch", "slim_workload", "priority_class", "queue_name", "topology_request", "workload_name"]

@@ -26,7 +26,8 @@ from typing import Any, Mapping, Optional, Sequence
 from .api import LLMTrainingJob
 from .api.contract import parse_final_state
 from .clock import parse_time, rfc3339, seconds_between
-from .conditions import CREATED, FAILED, GANG_SCHEDULED, QUEUED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, find, is_true
+from .conditions import (CREATED, FAILED, GANG_SCHEDULED, QUEUED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, TOPOLOGY_PLACED,
+                         find, is_true)
 from .draft import TERMINAL_PHASES, Decision, Draft, Event, LifecycleSettings, restart_backoff
 from .failures import Failure, action_for, deleted_pod, failed_pod, first_of, lost_a_peer, node_lost, stalled, vanished_pod
 from .kueue import admission_of
@@ -48,6 +49,7 @@ from .pods import (
 from .queueing import admitted, queued_by_kueue, settle_workload, wait_for_admission
 from .render.gang import UNAVAILABLE, GangPlan
 from .render.names import checkpoint_dir, worker_name
+from .render.topology import plan_topology
 
 DEFAULT_SETTINGS = LifecycleSettings()
 
@@ -88,6 +90,12 @@ def _decide(d: Draft, pods: Sequence[Pod], observed_since: datetime, reported: O
         _gang_scheduled(d, gang_plan)
         if not gang_plan.available:
             return _fail_gang_unavailable(d, gang_plan, pods)
+        topology = plan_topology(job, gang_plan, queued)
+        if topology is not None:
+            d.condition(TOPOLOGY_PLACED, "True" if topology.honoured else "False", topology.reason, topology.message, event=None)
+            if topology.fails:
+                d.stop([p for p in pods if not is_finished(p)])
+                return _fail(d, Failure(reason=topology.reason, message=topology.message, matches_rules=False), topology.reason, topology.message, pods)
     if job.spec.run_policy.suspend:
         if queued:  # its Workload goes (_settle_workload): on resume it queues afresh
             d.clear(QUEUED, "JobSuspended", "runPolicy.suspend is true: the job left the queue (its Workload was deleted)")

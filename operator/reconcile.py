@@ -94,6 +94,8 @@ class Reconciler:
         except SpecError as exc:
             return Outcome(self._reject(body, previous, exc), None)
 
+        if job.spec.managed_by is not None:
+            return Outcome(self._dispatched(job, previous), None)
         gang_plan = plan_gang(job, self.ctx)
 
         def decide_now() -> tuple[list[dict], Decision]:
@@ -167,7 +169,7 @@ class Reconciler:
                     if not (c["kind"] == "Pod" and c["metadata"]["name"] in existing)]
         flavors = self._admitted_flavors(job)
         if flavors:
-            children = [kueue.place_on_flavors(c, flavors) if c["kind"] == "Pod" else c for c in children]
+            children = [kueue.gate_for_topology(kueue.place_on_flavors(c, flavors), job) if c["kind"] == "Pod" else c for c in children]
 
         def create(child: dict) -> bool:
             was_created, current = self.kube.create_if_absent(child)
@@ -184,6 +186,15 @@ class Reconciler:
             created = [f"{c['kind']} {c['metadata']['name']}" for c, was_created in zip(batch, self._in_parallel(create, batch)) if was_created]
             if created:
                 log.info("created %s", ", ".join(created), extra={"job": job.metadata.name})
+
+    def _dispatched(self, job, previous: Mapping[str, Any]) -> Decision:
+        """spec.managedBy (MultiKueue, on the manager cluster): Kueue runs a copy of the job on a worker cluster and copies
+        its status back here, so the operator only creates the job's Workload (which MultiKueue dispatches) and never
+        creates pods nor writes the status."""
+        meta = job.metadata
+        if self.settings.kueue and kueue.queue_name(job) and self.view.workload(meta.namespace, meta.name, meta.uid) is None:
+            self._create_workload(job, int(previous.get("restarts") or 0))
+        return Decision(status=dict(previous))
 
     def _admitted_flavors(self, job) -> list[dict]:
         """The ResourceFlavors Kueue admitted the job's Workload on (none for a job Kueue does not queue)."""

@@ -63,7 +63,7 @@ IMMUTABLE_SPEC_FIELDS = ("image", "nodes", "slotsPerNode", "accelerator", "resou
                          "network", "monitoring", "gang")
 # A job runs the built-in trainer (model, data, training, deepspeed) or its own program: either side may be absent.
 BUILTIN_TRAINER_FIELDS = ("model", "data", "training", "deepspeed")
-IMMUTABLE_OPTIONAL_SPEC_FIELDS = (*BUILTIN_TRAINER_FIELDS, "program")
+IMMUTABLE_OPTIONAL_SPEC_FIELDS = (*BUILTIN_TRAINER_FIELDS, "program", "managedBy")
 IMMUTABLE_RUN_POLICY_FIELDS = ("backoffLimit", "podFailurePolicy", "cleanPodPolicy")
 IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS = ("activeDeadlineSeconds", "ttlSecondsAfterFinished", "stallTimeoutSeconds", "startupTimeoutSeconds")
 IMMUTABLE_MESSAGE = ("spec is immutable once the job is created, except runPolicy.suspend: delete the job and create it again "
@@ -524,6 +524,38 @@ class MonitoringSpec(ApiModel):
 # ---------------------------------------------------------------------------------------- gang
 GangScheduler = Literal["kubernetes", "volcano", "coscheduling", "none"]
 GANG_SCHEDULERS: tuple[str, ...] = ("kubernetes", "volcano", "coscheduling", "none")
+# A Kubernetes label key (apimachinery IsQualifiedName): an optional DNS-subdomain prefix and "/", then a name of at
+# most 63 characters. The prefix's 253-character limit is held by maxLength (253 + "/" + 63).
+LABEL_KEY_PATTERN = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_KEY_MAX = 317
+TOPOLOGY_ONE_OF = "gang.topology needs exactly one of required or preferred"
+LabelKey = Annotated[str, Field(pattern=LABEL_KEY_PATTERN, max_length=LABEL_KEY_MAX)]
+
+
+class TopologySpec(ApiModel):
+    """The network domain the gang is placed in: a node label key naming a topology level (a block, a rack)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [cel("has(self.required) != has(self.preferred)", TOPOLOGY_ONE_OF)]})
+
+    required: Optional[LabelKey] = Field(
+        None, description="All workers in one domain of this level (e.g. cloud.provider.com/topology-block), or none runs: a gang that fits "
+        "no free domain waits whole. Kueue's Topology Aware Scheduling places it when the job is queued by Kueue; else kube-scheduler's "
+        "PodGroup topology constraint (gang.scheduler kubernetes, feature gate TopologyAwareWorkloadScheduling). Where neither serves it "
+        "the job fails with reason TopologyUnavailable.")
+    preferred: Optional[LabelKey] = Field(
+        None, description="One domain of this level when the gang fits in one, more when it must. Where no placement path serves it, the "
+        "gang runs without it and the condition TopologyPlaced says so.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "TopologySpec":
+        if (self.required is None) == (self.preferred is None):
+            raise ValueError(TOPOLOGY_ONE_OF)
+        return self
+
+    @property
+    def level(self) -> str:
+        return self.required or self.preferred or ""
 
 
 class GangSpec(ApiModel):
@@ -546,6 +578,8 @@ class GangSpec(ApiModel):
         None, ge=1, description="Workers that must fit at once for any to be bound (the PodGroup's minCount/minMember); at most nodes. "
         "Unset: all of them. DeepSpeed needs every rank, so less only makes sense when the trainer can wait for the rest."
     )
+    topology: Optional[TopologySpec] = Field(
+        None, description="Place the gang inside one network domain (all-reduce runs at the speed of its slowest link). Immutable.")
 
 
 # ------------------------------------------------------------------------------------- program
@@ -581,6 +615,10 @@ class ProgramSpec(ApiModel):
 
 
 # ---------------------------------------------------------------------------------------- spec
+MULTIKUEUE = "kueue.x-k8s.io/multikueue"  # Kueue's MultiKueueControllerName
+ManagedBy = Literal["kueue.x-k8s.io/multikueue"]
+
+
 class LLMTrainingJobSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -650,6 +688,10 @@ class LLMTrainingJobSpec(ApiModel):
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Lifecycle of the job.")
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec, description="Trainer metrics.")
     gang: GangSpec = Field(default_factory=GangSpec, description="Gang scheduling of the worker pods.")
+    managed_by: Optional[ManagedBy] = Field(
+        None, description=f"The controller that reconciles the job, as Kubernetes Jobs have it. Unset: this operator. {MULTIKUEUE}: Kueue's "
+        "MultiKueue, on a manager cluster: the operator creates the job's Kueue Workload and no pods, Kueue runs a copy on a worker cluster "
+        "and copies its status back. Immutable.")
 
     @property
     def model_spec(self) -> ModelSpec:

@@ -14,7 +14,7 @@ count only the live pods that name the group), and an operator restarted mid-way
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from ..api import GROUP, KIND, LLMTrainingJob
 from .names import RenderContext, object_meta
@@ -47,6 +47,7 @@ class GangPlan:
     reason: str
     message: str
     available: bool = True  # False: the API server does not serve the group object it needs (the job fails)
+    topology_key: Optional[str] = None  # the PodGroup's schedulingConstraints.topology key (render/topology.py)
 
     @property
     def grouped(self) -> bool:
@@ -89,7 +90,11 @@ def plan_gang(job: LLMTrainingJob, ctx: RenderContext) -> GangPlan:
         return GangPlan(scheduler, members, UNAVAILABLE, f"gang scheduler {scheduler} needs {api} PodGroups, which the API server did not serve "
                         "when the operator started: install it (and restart the operator), or set spec.gang.scheduler", available=False)
     group = {"kubernetes": f"Workload and PodGroup {gang_name(job)}"}.get(scheduler, f"{scheduler} PodGroup {gang_name(job)}")
-    return GangPlan(scheduler, members, REASON_OF[scheduler], f"{group}: {members} of {nodes} workers are bound together or none is")
+    topology = job.spec.gang.topology
+    # kube-scheduler's topology constraint is a hard one: it serves `required` only (preferred is Kueue's alone)
+    key = topology.required if topology is not None and scheduler == "kubernetes" and ctx.pod_group_topology else None
+    return GangPlan(scheduler, members, REASON_OF[scheduler], f"{group}: {members} of {nodes} workers are bound together or none is",
+                    topology_key=key)
 
 
 # --------------------------------------------------------------------------------------------- objects
@@ -119,6 +124,7 @@ def build_kubernetes_pod_group(job: LLMTrainingJob, plan: GangPlan) -> dict:
         "spec": {
             "workloadRef": {"workloadName": gang_name(job), "templateName": WORKLOAD_TEMPLATE},
             "schedulingPolicy": {"gang": {"minCount": plan.min_member}},
+            **({"schedulingConstraints": {"topology": [{"key": plan.topology_key}]}} if plan.topology_key else {}),
             "disruptionMode": DISRUPT_ALL,
             **_priority(job),
         },

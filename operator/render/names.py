@@ -30,6 +30,8 @@ class RenderContext:
     # API group versions that serve gang objects ("scheduling.k8s.io/v1beta1", ...), discovered once at the
     # operator's start-up (kube.Kube.gang_apis); empty for `llm-operator render` (no cluster).
     gang_apis: frozenset[str] = frozenset()
+    # The API server keeps PodGroup spec.schedulingConstraints.topology (gate TopologyAwareWorkloadScheduling).
+    pod_group_topology: bool = False
     default_gang_scheduler: str = "auto"  # for jobs that leave spec.gang.scheduler unset; auto: see render.gang
     volcano_scheduler_name: str = "volcano"
     coscheduling_scheduler_name: str = "scheduler-plugins-scheduler"  # the scheduler-plugins chart's second scheduler

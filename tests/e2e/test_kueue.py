@@ -237,3 +237,77 @@ def test_higher_priority_job_preempts_and_the_preempted_one_comes_back(control_p
     low = overlap.wait(lambda: (j := get_job(cp, namespace, "low"))["status"]["phase"] == "Succeeded" and j, timeout=60, what="low Succeeded")
     assert low["status"]["countedRestarts"] == 0  # the preemption was not a failure
     assert overlap.together == []
+
+
+# ----------------------------------------------------------------------- Topology Aware Scheduling (issue 20)
+BLOCK, RACK = "llmtraining.dev/e2e-block", "llmtraining.dev/e2e-rack"
+TAS_FLAVOR, TOPOLOGY = "llmto-e2e-tas", "llmto-e2e-topology"
+
+
+@pytest.fixture
+def tas_queue(control_plane, kueue, namespace):
+    """The 3 kwok nodes in two blocks (b1: nodes 0 and 1, 16 GPUs; b2: node 2, 8 GPUs), a rack each; a Topology of
+    blocks and racks, a ResourceFlavor on it, and a ClusterQueue for this namespace whose quota (twice the GPUs) is never
+    what a gang waits for: the free blocks are."""
+    cp = control_plane
+    nodes = sorted(n["metadata"]["name"] for n in cp.get_json("nodes", "-l", cp.GPU_NODE_SELECTOR)["items"])
+    assert len(nodes) == 3, nodes
+    blocks = {nodes[0]: "b1", nodes[1]: "b1", nodes[2]: "b2"}
+    for i, node in enumerate(nodes):
+        cp.kubectl("label", "node", node, "--overwrite", f"{BLOCK}={blocks[node]}", f"{RACK}=r{i}")
+    name = f"tas-{namespace}"[:63]
+    cp.apply([
+        {"apiVersion": KUEUE, "kind": "Topology", "metadata": {"name": TOPOLOGY}, "spec": {"levels": [{"nodeLabel": BLOCK}, {"nodeLabel": RACK}]}},
+        {"apiVersion": KUEUE, "kind": "ResourceFlavor", "metadata": {"name": TAS_FLAVOR},
+         "spec": {"nodeLabels": FLAVOR_NODE_LABELS, "topologyName": TOPOLOGY}},
+        {"apiVersion": KUEUE, "kind": "ClusterQueue", "metadata": {"name": name}, "spec": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "resourceGroups": [{"coveredResources": ["nvidia.com/gpu"],
+                                "flavors": [{"name": TAS_FLAVOR, "resources": [{"name": "nvidia.com/gpu", "nominalQuota": 2 * GPUS}]}]}]}},
+    ])
+    cp.wait_for(lambda: condition(cp.get_json("clusterqueue", name), "Active").get("status") == "True", timeout=60, what=f"ClusterQueue {name} active")
+    local_queue(cp, namespace, name)
+    try:
+        yield blocks
+    finally:
+        cp.kubectl("delete", "clusterqueue", name, "--wait=false", "--ignore-not-found", check=False)
+        for node in nodes:
+            cp.kubectl("label", "node", node, f"{BLOCK}-", f"{RACK}-", check=False)
+
+
+def placed_blocks(cp, namespace, name, blocks, count) -> set[str]:
+    pods = cp.wait_for(lambda: (p := [q for q in job_pods(cp, namespace, name) if q["spec"].get("nodeName")]) and len(p) == count and p,
+                       timeout=90, what=f"{count} workers of {name} bound")
+    return {blocks[p["spec"]["nodeName"]] for p in pods}
+
+
+def test_topology_required_block_lands_in_one_block_waits_whole_when_none_is_free_and_preferred_spreads(control_plane, operator, tas_queue, namespace):
+    cp, blocks = control_plane, tas_queue
+    first = queued_job("block4", nodes=4)
+    first["spec"].update(slotsPerNode=4, gang={"topology": {"required": BLOCK}})  # 16 GPUs: only block b1 holds them
+    cp.apply(first, namespace)
+    assert placed_blocks(cp, namespace, "block4", blocks, 4) == {"b1"}
+    for pod in job_pods(cp, namespace, "block4"):  # Kueue's ungater placed them: it lifted the gate and wrote the domain
+        assert not pod["spec"].get("schedulingGates") and pod["spec"]["nodeSelector"].get(BLOCK) == "b1", pod["spec"]
+    wl = workload(cp, namespace, "block4")
+    assert wl["spec"]["podSets"][0]["topologyRequest"]["required"] == BLOCK
+    assert wait_phase(cp, operator, namespace, "block4", "Running")["status"]["conditions"]
+
+    second = queued_job("block3", nodes=3)
+    second["spec"].update(slotsPerNode=4, gang={"topology": {"required": BLOCK}})  # 12 GPUs: b1 is taken, b2 has 8
+    cp.apply(second, namespace)
+    pending = cp.wait_for(lambda: condition(workload(cp, namespace, "block3"), "QuotaReserved").get("message"), timeout=60,
+                          what="block3 told why it waits")
+    assert f'topology "{TOPOLOGY}" allows to fit only' in pending and "out of 3 pod(s)" in pending, pending
+    cp.wait_for(lambda: any("allows to fit only" in c.get("message", "") for c in get_job(cp, namespace, "block3")["status"].get("conditions", [])),
+                timeout=30, what="the job says why it waits")
+    assert [p for p in job_pods(cp, namespace, "block3") if p["spec"].get("nodeName")] == []  # waits whole
+
+    finish_gang(cp, namespace, "block4")
+    wait_phase(cp, operator, namespace, "block4", "Succeeded")
+    assert placed_blocks(cp, namespace, "block3", blocks, 3) == {"b1"}
+
+    spread = queued_job("spread3", nodes=3)  # 12 GPUs, 4 left in b1 and 8 in b2: preferred takes both blocks
+    spread["spec"].update(slotsPerNode=4, gang={"topology": {"preferred": BLOCK}})
+    cp.apply(spread, namespace)
+    assert placed_blocks(cp, namespace, "spread3", blocks, 3) == {"b1", "b2"}

@@ -42,6 +42,13 @@ class TestCRD:
             (lambda m: m["spec"].update(gang={"minAvailable": 3}), "gang.minAvailable (3) must not exceed nodes (2)"),
             (lambda m: m["spec"].update(gang={"scheduler": "none", "minAvailable": 1}), "gang.minAvailable needs a gang scheduler"),
             (lambda m: m["spec"].update(gang={"scheduler": "slurm"}), 'spec.gang.scheduler: Unsupported value: "slurm"'),
+            # topology and MultiKueue (issue 20)
+            (lambda m: m["spec"].update(gang={"topology": {}}), "gang.topology needs exactly one of required or preferred"),
+            (lambda m: m["spec"].update(gang={"topology": {"required": "rack", "preferred": "block"}}),
+             "gang.topology needs exactly one of required or preferred"),
+            (lambda m: m["spec"].update(gang={"topology": {"required": "not a/label/key"}}), "spec.gang.topology.required"),
+            (lambda m: m["spec"].update(gang={"topology": {"preferred": "x" * 64}}), "spec.gang.topology.preferred"),
+            (lambda m: m["spec"].update(managedBy="example.com/other"), 'spec.managedBy: Unsupported value: "example.com/other"'),
             (lambda m: m["spec"].update(data={"format": "tokens", "paths": ["a.bin"]}, training={"evalIntervalSteps": 5}),
              "training.evalIntervalSteps needs data.validation (paths or fraction) unless data.format is synthetic"),
             (lambda m: m["spec"].update(data={"format": "synthetic", "validation": {"fraction": 0.1}}),
@@ -103,7 +110,9 @@ class TestCRD:
         assert result.returncode != 0 and "spec is immutable once the job is created" in result.stderr
         control_plane.kubectl("annotate", "ltj", "frozen", "-n", namespace, "team=search")  # metadata stays editable
         for patch in ('{"spec": {"runPolicy": {"backoffLimit": 9}}}', '{"spec": {"runPolicy": {"activeDeadlineSeconds": 60}}}',
-                      '{"spec": {"podTemplate": {"labels": {"x": "y"}}}}', '{"spec": {"gang": {"scheduler": "none"}}}'):
+                      '{"spec": {"podTemplate": {"labels": {"x": "y"}}}}', '{"spec": {"gang": {"scheduler": "none"}}}',
+                      '{"spec": {"gang": {"topology": {"preferred": "topology.kubernetes.io/rack"}}}}',
+                      '{"spec": {"managedBy": "kueue.x-k8s.io/multikueue"}}'):
             result = control_plane.kubectl("patch", "ltj", "frozen", "-n", namespace, "--type=merge", "-p", patch, check=False)
             assert result.returncode != 0 and "except runPolicy.suspend" in result.stderr, patch
         control_plane.kubectl("patch", "ltj", "frozen", "-n", namespace, "--type=merge", "-p", '{"spec": {"runPolicy": {"suspend": true}}}')

@@ -180,8 +180,10 @@ def test_immutability_rules_name_every_field_but_suspend():
     from llm_operator.api.v1alpha1 import (IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS, IMMUTABLE_OPTIONAL_SPEC_FIELDS, IMMUTABLE_RUN_POLICY_FIELDS,
                                            IMMUTABLE_SPEC_FIELDS, LLMTrainingJobSpec, RunPolicy)
 
-    spec_fields = {f.alias for f in LLMTrainingJobSpec.model_fields.values()}
-    assert set(IMMUTABLE_SPEC_FIELDS) | set(IMMUTABLE_OPTIONAL_SPEC_FIELDS) == spec_fields - {"runPolicy"}
+    spec_fields = {f.alias: f for f in LLMTrainingJobSpec.model_fields.values()}
+    assert set(IMMUTABLE_SPEC_FIELDS) | set(IMMUTABLE_OPTIONAL_SPEC_FIELDS) == set(spec_fields) - {"runPolicy"}
+    # data, training and deepspeed default in pydantic but not in the CRD (NO_OBJECT_DEFAULT): absent there means absent
+    assert all(not spec_fields[f].is_required() for f in IMMUTABLE_OPTIONAL_SPEC_FIELDS)
     run_policy = {name: f for name, f in ((f.alias, f) for f in RunPolicy.model_fields.values())}
     assert set(IMMUTABLE_RUN_POLICY_FIELDS) | set(IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS) == set(run_policy) - {"suspend"}
     assert all(not run_policy[f].is_required() and run_policy[f].default is None for f in IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS)
