@@ -110,7 +110,8 @@ def test_job_runs_on_gpu_nodes(control_plane, operator, namespace):
         assert (owner["kind"], owner["name"], owner["uid"]) == ("LLMTrainingJob", "gang", job["metadata"]["uid"])
 
     conditions = {c["type"]: c["status"] for c in job["status"]["conditions"]}
-    assert conditions == {"Created": "True", "Running": "True", "GangScheduled": "True"}  # the harness serves the Workload API
+    assert conditions == {"Created": "True", "Running": "True", "GangScheduled": "True",  # the harness serves the Workload API
+                          "Ready": "True", "Reconciling": "False"}  # kstatus (health.py): a running job is Current
     events = cp.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=gang")["items"]
     assert {"PodsCreated", "AllWorkersRunning"} <= {e["reason"] for e in events}
 
