@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-CREATED, RUNNING, RESTARTING, STALLED, SUSPENDED, SUCCEEDED, FAILED = "Created", "Running", "Restarting", "Stalled", "Suspended", "Succeeded", "Failed"
+CREATED, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED = "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"
+# The training step did not advance (stallTimeoutSeconds). Not "Stalled": kstatus reads Stalled=True as a failed
+# resource, and a stalled gang is restarted (health.py sets Stalled only on a failed job).
+PROGRESS_STALLED = "ProgressStalled"
 TOPOLOGY_PLACED = "TopologyPlaced"  # whether a placement path honours spec.gang.topology (render/topology.py)
 GANG_SCHEDULED = "GangScheduled"  # which gang scheduler binds the workers all or nothing (False: none does)
 QUEUED = "Queued"  # Kueue: True while the job waits for admission (kueue.py)

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Optional, Sequence
 from .api import LLMTrainingJob
 from .clock import parse_time, rfc3339
 from .conditions import find, set_condition
+from .health import set_health_conditions
 from .pods import Pod, is_terminating, name_of
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -105,6 +106,7 @@ class Draft:
 
     def decision(self, **actions: Any) -> Decision:
         self.status["phase"] = self.phase
+        set_health_conditions(self.conditions, self.phase, self.stamp, self.generation)
         self.status["conditions"] = self.conditions
         wake = min(self.wakes, default=None)
         wake_after = max(0.0, (wake - self.now).total_seconds()) if wake else None

@@ -26,8 +26,8 @@ from typing import Any, Mapping, Optional, Sequence
 from .api import LLMTrainingJob
 from .api.contract import parse_final_state
 from .clock import parse_time, rfc3339, seconds_between
-from .conditions import (CREATED, FAILED, GANG_SCHEDULED, QUEUED, RESTARTING, RUNNING, STALLED, SUCCEEDED, SUSPENDED, TOPOLOGY_PLACED,
-                         find, is_true)
+from .conditions import (CREATED, FAILED, GANG_SCHEDULED, PROGRESS_STALLED, QUEUED, RESTARTING, RUNNING, SUCCEEDED, SUSPENDED,
+                         TOPOLOGY_PLACED, find, is_true)
 from .draft import TERMINAL_PHASES, Decision, Draft, Event, LifecycleSettings, restart_backoff
 from .failures import Failure, action_for, deleted_pod, failed_pod, first_of, lost_a_peer, node_lost, stalled, vanished_pod
 from .kueue import admission_of
@@ -312,14 +312,14 @@ def _gang_running(d: Draft, gang: Sequence[Pod]) -> None:
     d.phase = "Running"
     d.condition(RUNNING, "True", "AllWorkersRunning", f"all {nodes} workers running" + (f" (restart {d.restarts})" if d.restarts else ""))
     d.clear(RESTARTING, "GangRunning", f"gang {d.restarts} is running")
-    d.clear(STALLED, "GangRunning", f"gang {d.restarts} is running")
+    d.clear(PROGRESS_STALLED, "GangRunning", f"gang {d.restarts} is running")
 
 
 def _on_failure(d: Draft, failure: Failure, gang: Sequence[Pod], settings: LifecycleSettings) -> Decision:
     action, failure = action_for(d.job.spec.run_policy.pod_failure_policy.rules, failure)
     limit = d.job.spec.run_policy.backoff_limit
     if failure.reason == "Stalled":
-        d.condition(STALLED, "True", "Stalled", failure.message, "Warning")
+        d.condition(PROGRESS_STALLED, "True", "Stalled", failure.message, "Warning")
     if action == "FailJob":
         return _fail(d, failure, "PodFailurePolicy", f"{failure.describe()} (a FailJob rule matched)", gang)
     if action == "Count" and int(d.status["countedRestarts"]) >= limit:
@@ -366,7 +366,7 @@ def _suspend(d: Draft, pods: Sequence[Pod]) -> Decision:
         d.condition(CREATED, "False", "JobSuspended", message)
         d.condition(RUNNING, "False", "JobSuspended", message)
         d.clear(RESTARTING, "JobSuspended", message)
-        d.clear(STALLED, "JobSuspended", message)
+        d.clear(PROGRESS_STALLED, "JobSuspended", message)
     d.stop(pods)
     return d.decision()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from .clock import seconds_between
-from .conditions import CREATED, FAILED, QUEUED, RESTARTING, RUNNING, STALLED, SUCCEEDED, find, is_true
+from .conditions import CREATED, FAILED, QUEUED, RESTARTING, RUNNING, PROGRESS_STALLED, SUCCEEDED, find, is_true
 from .draft import Decision, Draft, Event
 from .kueue import Admission, admission_of, finish_patch, queue_name, release_quota_patch
 from .pods import Pod, restart_of
@@ -39,7 +39,7 @@ def wait_for_admission(d: Draft, pods: Sequence[Pod], admission: Admission, work
         d.condition(CREATED, "False", "Evicted", message)
         d.condition(RUNNING, "False", "Evicted", message)
         d.clear(RESTARTING, "Evicted", message)
-        d.clear(STALLED, "Evicted", message)
+        d.clear(PROGRESS_STALLED, "Evicted", message)
     elif not is_true(d.conditions, QUEUED):
         d.phase = "Pending"
         why = f": {admission.pending_message}" if admission.pending_message else ""

@@ -23,6 +23,7 @@ from . import kueue, metrics
 from .api import SpecError, parse_job
 from .clock import rfc3339, utcnow
 from .conditions import FAILED, set_condition
+from .health import set_health_conditions
 from .kube import Kube, NamespaceTerminating
 from .lifecycle import Decision, Event, LifecycleSettings, decide, status_patch
 from .pods import name_of
@@ -258,7 +259,9 @@ class Reconciler:
         meta = body["metadata"]
         conditions = [dict(c) for c in previous.get("conditions") or []]
         message = "; ".join(exc.problems)[:1024]
-        set_condition(conditions, FAILED, "True", "InvalidSpec", message, rfc3339(utcnow()), meta.get("generation"))
+        now = rfc3339(utcnow())
+        set_condition(conditions, FAILED, "True", "InvalidSpec", message, now, meta.get("generation"))
+        set_health_conditions(conditions, "Failed", now, meta.get("generation"))
         status = {"phase": "Failed", "conditions": conditions, "observedGeneration": meta.get("generation")}
         decision = Decision(status=status, events=[Event("Warning", "InvalidSpec", message)])
         patch = status_patch(previous, {**previous, **status})

@@ -766,7 +766,8 @@ class LLMTrainingJobSpec(ApiModel):
 # -------------------------------------------------------------------------------------- status
 class Condition(ApiModel):
     model_config = ConfigDict(extra="ignore")
-    type: str = Field(..., description="Created, Running, Succeeded, Failed, Suspended, …")
+    type: str = Field(..., description="Created, Running, Succeeded, Failed, Suspended, Restarting, ProgressStalled, Queued, GangScheduled; "
+                      "and kstatus's Ready, Reconciling (in progress) and Stalled (failed), set from the phase (docs/lifecycle.md).")
     status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
     reason: str = Field("", description="CamelCase reason.")
     message: str = Field("", description="Human-readable detail.")

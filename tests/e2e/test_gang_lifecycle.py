@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import time
 
+from kstatus_tool import kstatus
 from operator_harness import finish_pod, get_job, job_manifest, job_pods, wait_phase
 
 RESTART_LABEL = "llmtraining.dev/restart"
@@ -167,6 +168,7 @@ def test_suspend_stops_the_gang_and_resume_starts_a_new_one(control_plane, opera
     job = wait_phase(cp, operator, namespace, "pausable", "Suspended")
     cp.wait_for(lambda: not job_pods(cp, namespace, "pausable"), timeout=60, what="the suspended gang stopped")
     assert reasons(job)["Suspended"] == "JobSuspended" and job["status"]["restarts"] == 1
+    assert reasons(job)["Ready"] == "Suspended" and kstatus(job) == "Current"  # where its spec asks it to be
     cp.kubectl("patch", "ltj", "pausable", "-n", namespace, "--type=merge", "-p", '{"spec": {"runPolicy": {"suspend": false}}}')
     job = wait_restarted(cp, operator, namespace, "pausable", 1)
     assert job["status"]["countedRestarts"] == 0 and "failure" not in job["status"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kstatus_tool import kstatus
 from operator_harness import OPERATOR_NS, OPERATOR_SA, RULES_FILE, get_job, job_manifest, job_pods, wait_phase
 
 from llm_operator.api import parse_job
@@ -55,6 +56,7 @@ def test_kubernetes_gang_binds_all_or_nothing_where_no_gang_binds_part(control_p
     assert all(p["spec"]["schedulingGroup"] == {"podGroupName": "gang"} for p in pods)
     job = get_job(cp, namespace, "gang")
     assert (gang_condition(job)["status"], gang_condition(job)["reason"]) == ("True", "KubernetesWorkload")
+    assert job["status"]["phase"] == "Created" and kstatus(job) == "InProgress"  # an unschedulable gang is not healthy
     pod_group = cp.get_json("podgroups.scheduling.k8s.io", "gang", "-n", namespace)
     workload = cp.get_json("workloads.scheduling.k8s.io", "gang", "-n", namespace)
     assert pod_group["spec"]["schedulingPolicy"] == {"gang": {"minCount": 4}}

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from kstatus_tool import kstatus
 from operator_harness import finish_pod, get_job, job_manifest, job_pods, wait_phase
 
 
@@ -135,7 +136,8 @@ def test_job_runs_on_gpu_nodes(control_plane, operator, namespace):
         assert (owner["kind"], owner["name"], owner["uid"]) == ("LLMTrainingJob", "gang", job["metadata"]["uid"])
 
     conditions = {c["type"]: c["status"] for c in job["status"]["conditions"]}
-    assert conditions == {"Created": "True", "Running": "True", "GangScheduled": "True"}  # the harness serves the Workload API
+    assert conditions == {"Created": "True", "Running": "True", "GangScheduled": "True",  # the harness serves the Workload API
+                          "Ready": "True", "Reconciling": "False"}  # kstatus (health.py): a running job is Current
     events = cp.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=gang")["items"]
     assert {"PodsCreated", "AllWorkersRunning"} <= {e["reason"] for e in events}
 
@@ -173,9 +175,15 @@ def test_job_succeeds_when_all_workers_exit_zero(control_plane, operator, namesp
     cp = control_plane
     cp.apply(job_manifest("done"), namespace)
     wait_phase(cp, operator, namespace, "done", "Running")
+    # what docs/lifecycle.md promises: kubectl wait reads the kstatus conditions (health.py)
+    cp.kubectl("wait", "-n", namespace, "--for=condition=Ready", "ltj/done", "--timeout=30s")
+    assert kstatus(get_job(cp, namespace, "done")) == "Current"  # a running job is healthy, as a running batch Job
     for pod in ("done-worker-0", "done-worker-1"):
         finish_pod(cp, namespace, pod, 0)
+    cp.kubectl("wait", "-n", namespace, "--for=condition=Succeeded", "ltj/done", "--timeout=60s")
     job = wait_phase(cp, operator, namespace, "done", "Succeeded")
+    assert {c["type"]: c["status"] for c in job["status"]["conditions"]}["Ready"] == "True"
+    assert kstatus(job) == "Current"
     assert job["status"]["completionTime"] >= job["status"]["startTime"]
     assert {c["type"]: c["status"] for c in job["status"]["conditions"]}["Succeeded"] == "True"
 
@@ -188,7 +196,10 @@ def test_job_fails_with_the_failed_pod_and_exit_code(control_plane, operator, na
     job = wait_phase(cp, operator, namespace, "crash", "Failed")
     failure = job["status"]["failure"]
     assert failure["pod"] == "crash-worker-1" and failure["rank"] == 1 and failure["exitCode"] == 137 and failure["reason"] == "Error"
-    assert {c["type"]: c["reason"] for c in job["status"]["conditions"]}["Failed"] == "BackoffLimitExceeded"
+    reasons = {c["type"]: c["reason"] for c in job["status"]["conditions"] if c["status"] == "True"}
+    assert reasons["Failed"] == "BackoffLimitExceeded" and reasons["Stalled"] == "BackoffLimitExceeded"  # kstatus: Failed
+    cp.kubectl("wait", "-n", namespace, "--for=condition=Stalled", "ltj/crash", "--timeout=10s")
+    assert kstatus(job) == "Failed"
     assert failure["node"]
     # cleanPodPolicy Running (default): the surviving worker is removed, the failed one kept for logs
     cp.wait_for(lambda: [p["metadata"]["name"] for p in job_pods(cp, namespace, "crash")] == ["crash-worker-1"], timeout=60, what="cleanup")

@@ -154,7 +154,7 @@ def test_queued_job_creates_its_workload_and_no_pods(make_job):
     decision = run(job, [])
     assert decision.create_workload and not decision.create_pods
     assert decision.status["phase"] == "Pending"
-    assert conditions(decision.status) == {"Queued": ("True", "WaitingForAdmission")}
+    assert conditions(decision.status) == {"Queued": ("True", "WaitingForAdmission"), "Ready": ("False", "Queued"), "Reconciling": ("True", "Queued")}
     assert decision.status["conditions"][0]["message"] == f"waiting for Kueue admission in LocalQueue {QUEUE}"
     assert [e.reason for e in decision.events] == ["WaitingForAdmission"]
 

@@ -79,7 +79,8 @@ def test_gang_start_and_run(make_job):
     assert [e.reason for e in created.events] == ["PodsCreated"]
     running = run(job, gang(), created.status, now=5)
     assert running.status["phase"] == "Running" and running.status["nodesReady"] == "2/2"
-    assert conditions(running.status) == {"Created": ("True", "PodsCreated"), "Running": ("True", "AllWorkersRunning")}
+    assert conditions(running.status) == {"Created": ("True", "PodsCreated"), "Running": ("True", "AllWorkersRunning"),
+                                         "Ready": ("True", "Running"), "Reconciling": ("False", "Running")}
     again = run(job, gang(), running.status, now=9)
     assert status_patch(running.status, again.status) == {} and again.events == []
 
@@ -297,7 +298,7 @@ def test_stall_restarts_the_gang_as_a_counted_failure(make_job):
     assert quiet.status["phase"] == "Running" and quiet.wake_after == 1
     stalled = run(job, gang(), stepping, now=70, reported=reported(5, loss=2.0))
     assert stalled.status["phase"] == "Restarting" and stalled.status["failure"]["reason"] == "Stalled"
-    assert stalled.status["countedRestarts"] == 1 and conditions(stalled.status)["Stalled"] == ("True", "Stalled")
+    assert stalled.status["countedRestarts"] == 1 and conditions(stalled.status)["ProgressStalled"] == ("True", "Stalled")
     assert "Stalled" in [e.reason for e in stalled.events]
     assert stalled.status["lostSeconds"] == 60  # from the last step read to the decision
 
@@ -356,7 +357,8 @@ def test_all_workers_succeed(make_job):
     done = run(job, gang("Succeeded", exit_code=0), running_status(job), now=20)
     assert done.finished and done.status["completionTime"] == ts(20)
     assert done.status["progress"]["stepOfTotal"] == "10/10"
-    assert conditions(done.status) == {"Created": ("True", "PodsCreated"), "Running": ("False", "JobSucceeded"), "Succeeded": ("True", "JobSucceeded")}
+    assert conditions(done.status) == {"Created": ("True", "PodsCreated"), "Running": ("False", "JobSucceeded"), "Succeeded": ("True", "JobSucceeded"),
+                                      "Ready": ("True", "Succeeded"), "Reconciling": ("False", "Succeeded")}
     assert done.delete_pods == []
 
 

@@ -169,8 +169,10 @@ def test_reconcile_reports_an_unrunnable_spec(manifest):
     reconciler, events, _ = make_reconciler(manifest)
     reconcile(reconciler, manifest)
     assert manifest["status"]["phase"] == "Failed"
-    (condition,) = manifest["status"]["conditions"]
-    assert condition["reason"] == "InvalidSpec" and "globalBatchSize (33)" in condition["message"]
+    failed, ready, stalled = manifest["status"]["conditions"]
+    assert failed["reason"] == "InvalidSpec" and "globalBatchSize (33)" in failed["message"]
+    assert (ready["type"], ready["status"]) == ("Ready", "False")
+    assert (stalled["type"], stalled["status"], stalled["reason"]) == ("Stalled", "True", "InvalidSpec")  # kstatus: Failed
     assert reconciler.kube.objects == {}
 
 
