@@ -1,7 +1,7 @@
 """`llm-train run` as a person at a terminal and a log collector meet it: views, reruns, --fresh, refusals.
 
-Three real trainings of a 6-step job on CPU ranks (finished; trained again with --fresh, stopped at step 3;
-resumed); everything else answers without starting DeepSpeed.
+Real trainings of a 6-step job on CPU ranks (finished; trained again with --fresh, stopped at step 3; resumed;
+continued to step 7 on one rank); everything else answers without starting DeepSpeed.
 """
 
 from __future__ import annotations
