@@ -4,10 +4,12 @@
     <output-dir>/train.log   what DeepSpeed's launcher and the ranks printed, appended run after run
 
 A directory with a checkpoint is continued (resumed, or reported complete) only by the same job with the same
-resume key: the fields that decide what a checkpoint holds (model, ranks, precision, ZeRO stage and offload, the
+resume key: the fields that decide what a checkpoint holds (model, precision, ZeRO stage and offload, the
 optimizer settings its state carries: learning rate, weight decay, Adam betas) or what its data position means
 (batch plan, seed, data, DeepSpeed overrides). Anything else may change between runs: more steps (training
 continues), the shape of the LR schedule, logging, checkpoint interval and keep, monitoring, pod-only fields.
+The rank count may change too (`--ranks`): the trainer resumes on another data-parallel size through a universal
+checkpoint (universal.py), except with pipeline stages, where the key holds the ranks and the stage count.
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ def resume_key(spec: LLMTrainingJobSpec, ranks: int) -> dict[str, Any]:
     m = spec.model_spec
     model = {"huggingFacePath": m.hugging_face_path, "seqLen": m.seq_len} if m.hugging_face_path else m.resolved()
     _, _, global_batch = spec.batch_plan()  # --ranks keeps the global batch (worker.fit_to_world)
-    key = {RANKS: ranks, **_flat("model", model),
+    # The trainer resumes on another data-parallel size (universal.py) but not a pipelined run (load_resized refuses it)
+    pipelined = {RANKS: ranks, "training.pipelineStages": spec.training.pipeline_stages} \
+        if spec.training.pipeline_stages > 1 else {}
+    key = {**pipelined, **_flat("model", model),
            **_flat("training", spec.training.model_dump(by_alias=True, include=TRAINING_FIELDS)),
            "training.globalBatchSize": global_batch,
            **_flat("data", spec.data.model_dump(by_alias=True, include=DATA_FIELDS)),
@@ -96,6 +101,8 @@ def check_continuable(out: Path, job: str, key: dict[str, Any]) -> None:
         raise Refused(f"{out} holds a run of job {record.get('job')!r} ({record.get('manifest')}), not {job!r}.\n"
                       + FRESH_HINT)
     old = record.get("resume_key", {})
+    if RANKS not in key:  # written before the rank count left the key of an unpipelined run
+        old.pop(RANKS, None)
     changed = [f"  {name}: {_show(old, name)} → {_show(key, name)}"
                for name in sorted(old.keys() | key.keys()) if old.get(name, _UNSET) != key.get(name, _UNSET)]
     if changed:

@@ -1,7 +1,7 @@
 """`llm-train run` as a person at a terminal and a log collector meet it: views, reruns, --fresh, refusals.
 
-Three real trainings of a 6-step job on CPU ranks (finished; trained again with --fresh, stopped at step 3;
-resumed); everything else answers without starting DeepSpeed.
+Real trainings of a 6-step job on CPU ranks (finished; trained again with --fresh, stopped at step 3; resumed;
+continued to step 7 on one rank); everything else answers without starting DeepSpeed.
 """
 
 from __future__ import annotations
@@ -108,9 +108,35 @@ def test_changes_that_keep_the_checkpoint_valid_are_allowed(finished, tmp_path):
                                 {"training": {"evalIntervalSteps": 3, "evalSteps": 2}}]):
         spec = load_job_file(str(write_job(tmp_path, deep_update(JOB, {"spec": change}), name=f"{i}.yaml"))).spec
         assert rundir.check_continuable(finished["out"], "tiny-cli", rundir.resume_key(spec, 2)) is None, change
-    spec = load_job_file(str(finished["job"])).spec
-    with pytest.raises(rundir.Refused, match=r"\n  ranks \(nodes × slotsPerNode, or --ranks\): 2 → 1\n"):
-        rundir.check_continuable(finished["out"], "tiny-cli", rundir.resume_key(spec, 1))  # --ranks 1
+    spec = load_job_file(str(finished["job"])).spec  # --ranks 1: the trainer resumes on another data-parallel size
+    assert rundir.check_continuable(finished["out"], "tiny-cli", rundir.resume_key(spec, 1)) is None
+
+
+def test_a_pipelined_run_keeps_its_rank_count_and_stages(tmp_path):
+    """load_resized refuses another data-parallel size with pipeline stages, so the run directory refuses it first."""
+    spec = load_job_file(str(write_job(tmp_path, deep_update(JOB, {"spec": {"training": {"pipelineStages": 2}}})))).spec
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "latest").write_text("global_step3")
+    rundir.write_record(out, "tiny-cli", tmp_path / "job.yaml", rundir.resume_key(spec, 2))
+    assert rundir.check_continuable(out, "tiny-cli", rundir.resume_key(spec, 2)) is None
+    with pytest.raises(rundir.Refused, match=r"\n  ranks \(nodes × slotsPerNode, or --ranks\): 2 → 4\n"):
+        rundir.check_continuable(out, "tiny-cli", rundir.resume_key(spec, 4))
+    unpipelined = load_job_file(str(write_job(tmp_path, JOB, name="plain.yaml"))).spec
+    with pytest.raises(rundir.Refused, match=r"\n  training.pipelineStages: 2 → \(unset\)\n"):
+        rundir.check_continuable(out, "tiny-cli", rundir.resume_key(unpipelined, 2))
+
+
+def test_run_with_fewer_ranks_resumes_a_two_rank_run(finished, tmp_path):
+    """The issue's bug: `llm-train run --ranks 1` on a 2-rank run's directory was refused ("changed: ranks 2 → 1")."""
+    out = tmp_path / "out"
+    shutil.copytree(finished["out"], out)
+    job = write_job(tmp_path, deep_update(JOB, {"spec": {"training": {"steps": 7}}}), name="longer.yaml")
+    run = llm_train("run", job, "--output-dir", out, "--ranks", "1")
+    assert run.code == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from"] == "global_step6" and summary["world_size"] == 1 and summary["steps"] == 7, summary
+    assert summary["resized"], summary  # through the universal checkpoint
 
 
 def test_fresh_discards_the_earlier_run_and_trains_from_step_0(finished, restarted):
