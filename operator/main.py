@@ -93,7 +93,7 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
     ctx = RenderContext(cluster_domain=cluster_domain, gang_apis=gang_apis, default_gang_scheduler=gang_scheduler,
                         volcano_scheduler_name=volcano_scheduler_name, coscheduling_scheduler_name=coscheduling_scheduler_name,
                         # the image program jobs' init containers copy the launcher from (the chart's trainer image)
-                        **({"launcher_image": os.environ[LAUNCHER_IMAGE_ENV]} if os.environ.get(LAUNCHER_IMAGE_ENV) else {}))
+                        launcher_image=os.environ.get(LAUNCHER_IMAGE_ENV) or RenderContext.launcher_image)
     log.info("gang scheduling: %s served; jobs that name no gang scheduler use %s", ", ".join(sorted(gang_apis)) or "no PodGroup API",
              default_gang_scheduler(gang_scheduler, gang_apis))
     reconciler = Reconciler(kube=kube, view=ClusterView(), ctx=ctx, emit=kube.post_event,
