@@ -46,6 +46,7 @@ COMMANDS: list[tuple[str, str | Excused]] = [
     (r"^\./dev cluster$", "test_dev_cluster_trains_the_example_and_down_leaves_nothing"),
     (r"^\./dev cluster down$", "test_dev_cluster_trains_the_example_and_down_leaves_nothing"),
     (r"^eval \"\$\(hack/controlplane\.sh env\)\"$", "test_dev_cluster_trains_the_example_and_down_leaves_nothing"),
+    # `get ltj -w` and `logs -f` follow forever: the test runs them without -w/-f once the job has ended
     (r"^kubectl (apply -f|get ltj|logs -f) (examples/)?tiny-cpu-cluster",
      "test_dev_cluster_trains_the_example_and_down_leaves_nothing"),
     (r"^llm-operator render -f examples/", "test_llm_operator_commands_and_validate_every_example"),
