@@ -144,7 +144,14 @@ def _valid_report(reported: Mapping[str, Any], total: int) -> bool:
     return isinstance(step, int) and 0 <= step <= total and (loss is None or math.isfinite(loss))
 
 
-REPORTED_VALUES = ("loss", "tokensPerSecond", "mfu", "evalLoss")  # copied into status.progress as reported
+REPORTED_VALUES = ("loss", "tokensPerSecond", "mfu", "evalLoss")  # copied into status.progress, rounded
+STATUS_DIGITS = 4  # significant digits: `kubectl get ltj` shows 2.238, not 2.2378828525543213 (printer columns cannot format)
+
+
+def _rounded(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The reported figures at STATUS_DIGITS significant digits; the exact ones stay in /metrics and summary.json."""
+    return {k: float(f"{values[k]:.{STATUS_DIGITS}g}") if isinstance(values[k], float) else values[k]
+            for k in REPORTED_VALUES if k in values}
 
 
 def _follow_progress(d: Draft, gang: Sequence[Pod], reported: Optional[Mapping[str, Any]]) -> None:
@@ -158,7 +165,7 @@ def _follow_progress(d: Draft, gang: Sequence[Pod], reported: Optional[Mapping[s
     if fresh:
         assert reported is not None
         step = int(reported["step"])
-        progress.update({k: reported[k] for k in REPORTED_VALUES if k in reported})
+        progress.update(_rounded(reported))
         if step > 0 and step != previous.get("step"):
             _step_advanced(d, previous)
             progress["updateTime"] = d.stamp
@@ -169,7 +176,7 @@ def _follow_progress(d: Draft, gang: Sequence[Pod], reported: Optional[Mapping[s
             d.status["lastCheckpoint"] = {"step": ckpt, "tag": tag, "path": f"{checkpoint_dir(d.job)}/{tag}"}
     final = d.final_state = _final_state(rank0, total)
     if final is not None:  # what the run ended with, from worker 0's termination message: newer than any scrape
-        progress.update({k: final[k] for k in ("step", *REPORTED_VALUES) if k in final})
+        progress.update({"step": final["step"], **_rounded(final)})
         checkpoint = final.get("lastCheckpoint") or {}
         if isinstance(checkpoint.get("step"), int) and checkpoint.get("tag"):
             d.status["lastCheckpoint"] = {"step": checkpoint["step"], "tag": checkpoint["tag"], "path": f"{checkpoint_dir(d.job)}/{checkpoint['tag']}"}

@@ -449,6 +449,22 @@ def test_eval_loss_reaches_the_progress_from_the_scrape_and_from_the_final_state
     assert done["progress"]["evalLoss"] == 2.125 and done["progress"]["step"] == total
 
 
+def test_reported_figures_reach_the_progress_rounded_to_4_significant_digits(make_job):
+    """`kubectl get ltj` prints status.progress.loss as stored: 2.238, not 2.2378828525543213."""
+    from llm_operator.api.contract import final_state_line
+
+    job = make_job()
+    stepping = run(job, gang(), running_status(job), now=10,
+                   reported=reported(7, loss=2.2378828525543213, evalLoss=2.75, tokensPerSecond=30412.77, mfu=0.0123456)).status
+    assert {k: stepping["progress"][k] for k in ("loss", "evalLoss", "tokensPerSecond", "mfu")} == {
+        "loss": 2.238, "evalLoss": 2.75, "tokensPerSecond": 30410.0, "mfu": 0.01235}
+    total = job.spec.training.steps
+    final = final_state_line({"step": total, "totalSteps": total, "loss": 0.93912345, "outcome": "complete"})
+    done = run(job, [pod(0, "Succeeded", exit_code=0, finished=20, message=f"training complete (exit 0)\n{final}"),
+                     pod(1, "Succeeded", exit_code=0, finished=20)], stepping, now=30).status
+    assert done["progress"]["loss"] == 0.9391 and done["progress"]["step"] == total
+
+
 def test_bad_input_message_from_the_launcher_becomes_the_failure(make_job):
     """`llm-train launch` exits 5 with the preflight's problems; the job status says which field and file."""
     job = make_job()
