@@ -79,6 +79,9 @@ COMMANDS: list[tuple[str, str | Excused]] = [
      Excused("would delete the jobs and the CRD the session's other e2e tests share")),
     (r"^kubectl api-resources --api-group=scheduling\.k8s\.io$", Excused("tests/e2e/test_gang_scheduling.py checks the API")),
     (r"^kubectl -n team-a get (ltj|workloads)", Excused("Kueue queueing: tests/e2e/test_kueue.py")),
+    (r"^kubectl wait --for=condition=(Ready|Succeeded|Stalled) ltj/",
+     Excused("tests/e2e/test_operator.py runs kubectl wait on Ready, Succeeded and Stalled of live jobs")),
+    (r"^curl -s -X POST \"\$KUBEFLOW_TRAINER_SERVER_URL\"", "test_progress_report_with_curl_reaches_the_receiver"),
     (r"^python benchmarks/", Excused("benchmarks print figures for minutes; tests/e2e/test_bench_operator.py runs one small")),
 ]
 
@@ -227,6 +230,21 @@ def test_install_commands_on_the_control_plane(control_plane: ControlPlane, crd)
 
 
 # ======================================================================================= ./dev cluster
+def test_progress_report_with_curl_reaches_the_receiver(tmp_path: Path):
+    """docs/programs.md's curl for programs that are not Python, against the receiver the launcher starts in a pod."""
+    from llm_trainer.progress_receiver import start_progress_service
+
+    service = start_progress_service(0, tmp_path / "token")
+    try:
+        env = {**os.environ, **service.program_env()}
+        for command in documented("test_progress_report_with_curl_reaches_the_receiver"):
+            assert _ok(_run(command, env=env, timeout=60)).strip() == "ok"
+        assert service.state.values["llmtrain_step"] == 12 and service.state.values["llmtrain_total_steps"] == 100
+        assert service.state.values["llmtrain_loss"] == 2.5
+    finally:
+        service.close()
+
+
 @pytest.fixture(scope="module")
 def real_node_lock() -> Iterator[None]:
     """The machine's one real node: held while ./dev cluster's runs; test_real_node.py and helpers' runs wait."""
