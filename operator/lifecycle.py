@@ -138,10 +138,21 @@ def _count_ready(d: Draft, gang: Sequence[Pod]) -> None:
     d.status["nodesReady"] = f"{ready}/{d.job.spec.nodes}"
 
 
-def _valid_report(reported: Mapping[str, Any], total: int) -> bool:
+def _valid_report(reported: Mapping[str, Any], total: Optional[int]) -> bool:
     step = reported.get("step")
     loss = reported.get("loss")
-    return isinstance(step, int) and 0 <= step <= total and (loss is None or math.isfinite(loss))
+    return isinstance(step, int) and 0 <= step and (total is None or step <= total) and (loss is None or math.isfinite(loss))
+
+
+def total_steps(job: LLMTrainingJob, reported: Optional[Mapping[str, Any]], previous_progress: Mapping[str, Any]) -> Optional[int]:
+    """The run's length: the built-in trainer's is spec.training.steps; a program's is what it reported (HF Trainer's
+    total_steps, llmtraining_report's total_steps), else unknown."""
+    if job.spec.program is None:
+        return job.spec.training.steps
+    for source in (reported or {}, previous_progress):
+        if isinstance(source.get("totalSteps"), int) and source["totalSteps"] > 0:
+            return int(source["totalSteps"])
+    return None
 
 
 REPORTED_VALUES = ("loss", "tokensPerSecond", "mfu", "evalLoss")  # copied into status.progress, rounded
@@ -156,9 +167,9 @@ def _rounded(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _follow_progress(d: Draft, gang: Sequence[Pod], reported: Optional[Mapping[str, Any]]) -> None:
     """rank 0's metrics → progress, lastCheckpoint; an advancing step → updateTime (stall detection), goodput."""
-    total = d.job.spec.training.steps
     previous = dict(d.previous.get("progress") or {})
-    progress = {**previous, "totalSteps": total}
+    total = total_steps(d.job, reported, previous)
+    progress = {**previous, **({"totalSteps": total} if total is not None else {})}
     progress.setdefault("step", 0)
     rank0 = next((p for p in gang if node_rank(p) == 0), None)
     fresh = reported is not None and rank0 is not None and reported.get("podUid") == rank0["metadata"].get("uid") and _valid_report(reported, total)
@@ -187,12 +198,13 @@ def _follow_progress(d: Draft, gang: Sequence[Pod], reported: Optional[Mapping[s
 NOT_REPORTED = "not reported"
 
 
-def step_of_total(step: int, total: int, *, reported: bool) -> str:
-    """status.progress.stepOfTotal (kubectl's Step column): a program that never reported a step says so, not 0/N."""
-    return f"{step}/{total}" if reported else NOT_REPORTED
+def step_of_total(step: int, total: Optional[int], *, reported: bool) -> str:
+    """status.progress.stepOfTotal (kubectl's Step column): a program that never reported a step says so, not 0/N;
+    one that reported no total shows its step over '?'."""
+    return f"{step}/{'?' if total is None else total}" if reported else NOT_REPORTED
 
 
-def _final_state(rank0: Optional[Pod], total: int) -> Optional[dict[str, Any]]:
+def _final_state(rank0: Optional[Pod], total: Optional[int]) -> Optional[dict[str, Any]]:
     final = parse_final_state(terminated_state(rank0).get("message")) if rank0 is not None else None
     return final if final is not None and _valid_report(final, total) else None
 
@@ -268,8 +280,8 @@ def stall_limit(stall_timeout: Optional[int], startup_timeout: Optional[int], *,
 
 def awaits_first_step(job: LLMTrainingJob) -> bool:
     """The built-in trainer always reports its steps; a user's program (spec.program, issue 18) reports them only if it
-    is an HF Trainer program or calls llmtraining_report. getattr: spec.program is introduced by that issue's API."""
-    return getattr(job.spec, "program", None) is None
+    is an HF Trainer program or calls llmtraining_report."""
+    return job.spec.program is None
 
 
 def _stall(d: Draft, gang: Sequence[Pod], observed_since: datetime) -> Optional[Failure]:
@@ -424,13 +436,13 @@ def _fail_deadline(d: Draft, pods: Sequence[Pod]) -> Decision:
 
 def _succeed(d: Draft, pods: Sequence[Pod]) -> Decision:
     job = d.job
-    nodes, total = job.spec.nodes, job.spec.training.steps
+    nodes, total = job.spec.nodes, d.status["progress"].get("totalSteps")
     launcher_only = job.spec.launcher.mode == "ssh" and not all(has_succeeded(p) for p in pods)
     message = "training finished: " + ("the launcher (worker 0) exited 0" if launcher_only else f"all {nodes} workers exited 0")
     d.phase = "Succeeded"
     d.status["completionTime"] = d.stamp
     # an image without the final state: the last scrape predates the end (a program that reported nothing: no step)
-    if d.final_state is None and d.status["progress"]["stepOfTotal"] != NOT_REPORTED:
+    if d.final_state is None and d.status["progress"]["stepOfTotal"] != NOT_REPORTED and total is not None:
         d.status["progress"] = {**d.status["progress"], "step": total, "stepOfTotal": f"{total}/{total}"}
     d.clear(RESTARTING, "JobSucceeded", message)
     d.condition(RUNNING, "False", "JobSucceeded", message)

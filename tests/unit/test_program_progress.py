@@ -42,33 +42,44 @@ def test_stall_limit(stall, startup, step_seen, awaited, limit):
     assert stall_limit(stall, startup, step_seen=step_seen, first_step_awaited=awaited) == limit
 
 
-@pytest.mark.parametrize("step, total, reported, shown", [(0, 10, True, "0/10"), (7, 10, True, "7/10"), (0, 10, False, "not reported")])
+@pytest.mark.parametrize("step, total, reported, shown", [(0, 10, True, "0/10"), (7, 10, True, "7/10"), (0, 10, False, "not reported"),
+                                                       (7, None, True, "7/?")])
 def test_step_of_total(step, total, reported, shown):
     assert step_of_total(step, total, reported=reported) == shown
 
 
 @pytest.fixture
 def make_job(manifest):
-    def make(**run_policy):
+    def make(program=True, **run_policy):
         manifest["spec"]["runPolicy"] = run_policy
+        if program:  # the user's own program instead of the built-in trainer's model/data/training/deepspeed
+            for field in ("model", "data", "training", "deepspeed"):
+                manifest["spec"].pop(field, None)
+            manifest["spec"]["program"] = {"command": ["python", "train.py"], "launcher": "torchrun"}
         return parse_job(manifest)
     return make
 
 
-def test_a_program_that_reports_nothing_runs_unjudged_and_says_so(make_job, monkeypatch):
-    """decide() for a job whose program reports nothing (awaits_first_step False: spec.program, which issue 18's API
-    adds): startupTimeoutSeconds never fires, the status says no progress is reported, success claims no step."""
+def test_a_program_that_reports_nothing_runs_unjudged_and_says_so(make_job):
+    """decide() for a program job that reports nothing: startupTimeoutSeconds never fires, the status says no progress
+    is reported, success claims no step; once it reports, it is judged, over the total it reported."""
     from test_lifecycle import gang, run, running_status
 
-    monkeypatch.setattr(lifecycle, "awaits_first_step", lambda job: False)
+    assert lifecycle.awaits_first_step(make_job(program=False))  # the built-in trainer always reports its steps
     job = make_job(startupTimeoutSeconds=120, stallTimeoutSeconds=60)
+    assert not lifecycle.awaits_first_step(job)
     previous = running_status(job)
     quiet = run(job, gang(), previous, now=10_000, reported={"podUid": "pod-0-0"})  # /metrics answered, no llmtrain_*
     assert quiet.status["phase"] == "Running" and "failure" not in quiet.status
     assert quiet.status["progress"]["stepOfTotal"] == "not reported" and quiet.status["progress"]["step"] == 0
+    assert "totalSteps" not in quiet.status["progress"]  # not spec.training's default: a program has no training
     done = run(job, gang("Succeeded", exit_code=0), quiet.status, now=10_010)
     assert done.status["phase"] == "Succeeded" and done.status["progress"]["stepOfTotal"] == "not reported"
 
-    stepping = run(job, gang(), previous, now=10, reported={"step": 3, "podUid": "pod-0-0"})  # once it reports, judged
-    assert stepping.status["progress"]["stepOfTotal"] == "3/10"
+    stepping = run(job, gang(), previous, now=10, reported={"step": 3, "totalSteps": 500, "podUid": "pod-0-0"})
+    assert stepping.status["progress"]["stepOfTotal"] == "3/500" and stepping.status["progress"]["totalSteps"] == 500
     assert run(job, gang(), stepping.status, now=70, reported={"step": 3, "podUid": "pod-0-0"}).status["failure"]["reason"] == "Stalled"
+    finished = run(job, gang("Succeeded", exit_code=0), stepping.status, now=80)
+    assert finished.status["progress"]["stepOfTotal"] == "500/500"  # the total it reported, as for the built-in trainer
+    no_total = run(job, gang(), previous, now=10, reported={"step": 3, "podUid": "pod-0-0"})
+    assert no_total.status["progress"]["stepOfTotal"] == "3/?"
