@@ -159,10 +159,14 @@ REPORTED_VALUES = ("loss", "tokensPerSecond", "mfu", "evalLoss")  # copied into 
 STATUS_DIGITS = 4  # significant digits: `kubectl get ltj` shows 2.238, not 2.2378828525543213 (printer columns cannot format)
 
 
+def status_figure(value: float) -> float:
+    """A figure as status.progress shows it: STATUS_DIGITS significant digits (the exact one stays in /metrics and summary.json)."""
+    return float(f"{value:.{STATUS_DIGITS}g}")
+
+
 def _rounded(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The reported figures at STATUS_DIGITS significant digits; the exact ones stay in /metrics and summary.json."""
-    return {k: float(f"{values[k]:.{STATUS_DIGITS}g}") if isinstance(values[k], float) else values[k]
-            for k in REPORTED_VALUES if k in values}
+    """The reported figures as status.progress shows them."""
+    return {k: status_figure(values[k]) if isinstance(values[k], float) else values[k] for k in REPORTED_VALUES if k in values}
 
 
 def _follow_progress(d: Draft, gang: Sequence[Pod], reported: Optional[Mapping[str, Any]]) -> None:
