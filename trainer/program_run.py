@@ -29,6 +29,14 @@ def expand(value: str, env: dict[str, str]) -> str:
     return _VAR.sub(lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
 
 
+def _import_root() -> str:
+    """The folder that gives llm_trainer its import name (site-packages, hack/typecheck), for the launcher; empty for an
+    editable install, whose source folder trainer/ has the checkout as parent, where our operator/ would shadow the
+    standard library's `operator` in every rank."""
+    package_dir = Path(__file__).absolute().parent
+    return str(package_dir.parent) if package_dir.name == "llm_trainer" else ""
+
+
 def pod_commands(job: LLMTrainingJob, out: Path, master_port: int) -> list[tuple[list[str], dict[str, str]]]:
     """(launcher command, env) of every local pod."""
     spec = job.spec
@@ -42,7 +50,7 @@ def pod_commands(job: LLMTrainingJob, out: Path, master_port: int) -> list[tuple
     pods = []
     for rank in range(local_nodes):
         env = {**os.environ, **program_env(shaped, rank, "127.0.0.1", str(hostfile), str(out / "checkpoints")), RESTART_ENV: "0"}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).absolute().parent.parent), os.environ.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_import_root(), os.environ.get("PYTHONPATH")) if p)
         if spec.accelerator == "cpu":
             env["DS_ACCELERATOR"] = "cpu"
         runner = runner_command(program, nodes=local_nodes, slots=slots, node_rank=rank, master_addr="127.0.0.1",
