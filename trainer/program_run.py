@@ -53,11 +53,9 @@ def pod_commands(job: LLMTrainingJob, out: Path, master_port: int) -> list[tuple
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_import_root(), os.environ.get("PYTHONPATH")) if p)
         if spec.accelerator == "cpu":
             env["DS_ACCELERATOR"] = "cpu"
+        # deepspeed: one local node, no hostfile (DeepSpeed counts the ranks itself)
         runner = runner_command(program, nodes=local_nodes, slots=slots, node_rank=rank, master_addr="127.0.0.1",
-                                master_port=master_port, hostfile=str(hostfile))
-        if program.launcher == "deepspeed":  # one local node: no hostfile, DeepSpeed counts the ranks itself
-            runner = ["deepspeed", f"--num_gpus={slots}", "--master_addr=127.0.0.1", f"--master_port={master_port}",
-                      *runner[runner.index(f"--master_port={master_port}") + 1:]]
+                                master_port=master_port, hostfile=None if program.launcher == "deepspeed" else str(hostfile))
         command = [expand(arg, env) for arg in runner]
         checks = sorted({command[0], program.command[0]})
         # the receiver on loopback only (no /metrics port locally), as in the pods for HF Trainer and llmtraining_report

@@ -37,8 +37,9 @@ def _python_tail(command: list[str], module_flag: str, no_python: list[str]) -> 
 
 
 def runner_command(program: ProgramSpec, *, nodes: int, slots: int, node_rank: int, master_addr: str, master_port: int,
-                   hostfile: str, ssh_port: int | None = None) -> list[str]:
-    """The command one pod runs for its node (or, with ssh_port, worker 0 for all nodes over pdsh)."""
+                   hostfile: str | None, ssh_port: int | None = None) -> list[str]:
+    """The command one pod runs for its node (or, with ssh_port, worker 0 for all nodes over pdsh). hostfile None:
+    one local node (`llm-train run`), whose ranks DeepSpeed counts itself."""
     command = list(program.command)
     if program.launcher == "exec":
         return command
@@ -46,8 +47,11 @@ def runner_command(program: ProgramSpec, *, nodes: int, slots: int, node_rank: i
         return ["torchrun", f"--nnodes={nodes}", f"--nproc-per-node={slots}", f"--node-rank={node_rank}",
                 f"--master-addr={master_addr}", f"--master-port={master_port}",
                 *_python_tail(command, "-m", ["--no-python"])]
-    cmd = ["deepspeed", f"--hostfile={hostfile}"]
-    cmd += ["--launcher=pdsh", f"--ssh_port={ssh_port}"] if ssh_port else ["--no_ssh", f"--node_rank={node_rank}"]
+    if hostfile is None:
+        cmd = ["deepspeed", f"--num_gpus={slots}"]
+    else:
+        cmd = ["deepspeed", f"--hostfile={hostfile}"]
+        cmd += ["--launcher=pdsh", f"--ssh_port={ssh_port}"] if ssh_port else ["--no_ssh", f"--node_rank={node_rank}"]
     # DeepSpeed runs a script with the runner's own python; a non-Python command needs --no_python.
     return [*cmd, f"--master_addr={master_addr}", f"--master_port={master_port}", *_python_tail(command, "--module", ["--no_python"])]
 
