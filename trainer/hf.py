@@ -1,7 +1,8 @@
 """Hugging Face model directories on disk: read (config.json + safetensors) and write, no transformers needed.
 
 gpt   <-> GPT2LMHeadModel  (model_type gpt2): Conv1D weights are stored (in, out), so Linear weights are transposed.
-llama <-> LlamaForCausalLM (model_type llama): same layout as nn.Linear, rotate-half RoPE, so no permutation.
+llama <-> LlamaForCausalLM (model_type llama): same layout as nn.Linear, rotate-half RoPE, so no permutation;
+          likewise Qwen2ForCausalLM, Qwen3ForCausalLM and MistralForCausalLM (families.py: their config.json keys).
 
 Exported directories hold config.json, generation_config.json and model.safetensors (or shards plus
 model.safetensors.index.json), with safetensors metadata {"format": "pt"} and tied lm_head.weight left out, as
@@ -21,6 +22,7 @@ from typing import Any, Mapping, Optional, cast
 import torch
 from safetensors.torch import load_file, save_file
 
+from .families import LLAMA_LIKE, config_fields, hf_architecture_config
 from .model import ModelConfig
 
 GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -50,25 +52,18 @@ def config_from_hf(hf: Mapping[str, Any], *, seq_len: Optional[int] = None,
                            vocab_size=hf["vocab_size"], tie_embeddings=hf.get("tie_word_embeddings", True),
                            norm_eps=hf.get("layer_norm_epsilon", 1e-5), max_positions=positions if positions != seq else None,
                            activation_checkpointing=activation_checkpointing)
-    if model_type == "llama":
-        d, heads = hf["hidden_size"], hf["num_attention_heads"]
-        if hf.get("head_dim", d // heads) != d // heads:
-            raise ValueError(f"llama head_dim {hf['head_dim']} != hidden_size / num_attention_heads is not supported")
-        if hf.get("attention_bias") or hf.get("mlp_bias"):
-            raise ValueError("llama checkpoints with attention_bias or mlp_bias are not supported")
-        rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-        theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "llama3"):
-            raise ValueError(f"llama rope_type {rope_type!r} is not supported (default, llama3)")
-        return ModelConfig(architecture="llama", n_layers=hf["num_hidden_layers"], d_model=d, n_heads=heads,
-                           n_kv_heads=hf.get("num_key_value_heads", heads), ffn_hidden=hf["intermediate_size"],
-                           seq_len=seq_len or min(hf.get("max_position_embeddings", 2048), 2048),
-                           vocab_size=hf["vocab_size"], tie_embeddings=hf.get("tie_word_embeddings", False),
-                           norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta),
-                           rope_scaling=rope if rope_type == "llama3" else None,
-                           activation_checkpointing=activation_checkpointing)
-    raise ValueError(f"unsupported model_type {model_type!r} in config.json (gpt2, llama)")
+    if model_type in LLAMA_LIKE:
+        return ModelConfig(**config_fields(model_type, hf, seq_len), activation_checkpointing=activation_checkpointing)
+    raise ValueError(f"model_type: {model_type!r} is not supported (supported: gpt2, {', '.join(LLAMA_LIKE)})")
+
+
+def load_hf_config(path: str | os.PathLike, *, seq_len: Optional[int] = None,
+                   activation_checkpointing: bool = False) -> ModelConfig:
+    """config_from_hf of a model directory; an unsupported config names the file as well as the field."""
+    try:
+        return config_from_hf(read_hf_config(path), seq_len=seq_len, activation_checkpointing=activation_checkpointing)
+    except ValueError as exc:
+        raise ValueError(f"{Path(path) / 'config.json'}: {exc}") from None
 
 
 def read_hf_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -146,20 +141,7 @@ def _architecture_config(cfg: ModelConfig, dtype: torch.dtype, max_position_embe
             "scale_attn_weights": True, "use_cache": True, "tie_word_embeddings": cfg.tie_embeddings,
             "torch_dtype": dtype_name, "dtype": dtype_name,
         }
-    scaling = {k: v for k, v in (cfg.rope_scaling or {}).items() if k not in ("rope_theta", "type", "rope_type")}
-    if scaling:
-        scaling["rope_type"] = "llama3"
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.ffn_hidden,
-        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu",
-        "max_position_embeddings": max(max_position_embeddings or 0, cfg.seq_len), "rms_norm_eps": cfg.norm_eps,
-        # transformers < 5 reads rope_theta / rope_scaling, transformers >= 5 reads rope_parameters
-        "rope_theta": cfg.rope_theta, "rope_scaling": scaling or None,
-        "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default", **scaling}, "attention_bias": False, "mlp_bias": False, "initializer_range": 0.02,
-        "tie_word_embeddings": cfg.tie_embeddings, "use_cache": True, "torch_dtype": dtype_name, "dtype": dtype_name,
-    }
+    return hf_architecture_config(cfg, dtype_name, max_position_embeddings)
 
 
 def to_hf_state_dict(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
 """GPT-2-style and Llama-style decoders, built from ModelSpec.resolved().
 
 gpt:   LayerNorm, tanh-GELU MLP, learned positions, biases, tied embedding (HF GPT2LMHeadModel).
-llama: RMSNorm, RoPE (rotate-half), SwiGLU MLP, grouped-query attention, no biases (HF LlamaForCausalLM).
+llama: RMSNorm, RoPE (rotate-half), SwiGLU MLP, grouped-query attention, no biases (HF LlamaForCausalLM);
+       qwen2, qwen3 and mistral are this decoder with q/k/v bias, q/k norm or a sliding window (families.py).
 
 Module names follow the Hugging Face layouts so that hf.py maps weights one to one.
 Attention is F.scaled_dot_product_attention(is_causal=True) (flash / memory-efficient kernels on GPU).
@@ -19,10 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .families import LLAMA_LIKE, QK_NORM, QKV_BIAS
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    architecture: str  # gpt | llama
+    architecture: str  # gpt | llama | qwen2 | qwen3 | mistral (families.LLAMA_LIKE: the llama decoder)
     n_layers: int
     d_model: int
     n_heads: int
@@ -36,17 +39,25 @@ class ModelConfig:
     rope_scaling: Optional[dict] = None  # llama3 frequency scaling (factor, low/high_freq_factor, original_max_position_embeddings)
     max_positions: Optional[int] = None  # gpt: rows of the position table (>= seq_len); default seq_len
     activation_checkpointing: bool = False
+    head_dim_override: Optional[int] = None  # an explicit head_dim != d_model / n_heads (Qwen3, Mistral-Nemo)
+    qkv_bias: bool = False  # qwen2
+    qk_norm: bool = False  # qwen3: RMSNorm over each head of q and k, before RoPE
+    sliding_window: Optional[int] = None  # mistral: each query sees itself and the window - 1 keys before it
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.head_dim_override or self.d_model // self.n_heads
 
     @classmethod
     def from_resolved(cls, r: Mapping[str, Any], activation_checkpointing: bool = False) -> "ModelConfig":
-        """From ModelSpec.resolved() (camelCase keys)."""
+        """From ModelSpec.resolved() (camelCase keys); presets of the HF families also carry headDim, ropeTheta, normEps."""
+        head_dim = r.get("headDim")
         return cls(architecture=r["architecture"], n_layers=r["nLayers"], d_model=r["dModel"], n_heads=r["nHeads"],
                    n_kv_heads=r["nKvHeads"], ffn_hidden=r["ffnHidden"], seq_len=r["seqLen"], vocab_size=r["vocabSize"],
-                   tie_embeddings=r["tieEmbeddings"], activation_checkpointing=activation_checkpointing)
+                   tie_embeddings=r["tieEmbeddings"], activation_checkpointing=activation_checkpointing,
+                   norm_eps=r.get("normEps", 1e-5), rope_theta=r.get("ropeTheta", 10000.0),
+                   head_dim_override=head_dim if head_dim and head_dim != r["dModel"] // r["nHeads"] else None,
+                   qkv_bias=r["architecture"] in QKV_BIAS, qk_norm=r["architecture"] in QK_NORM)
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return type(self)(**{f.name: changes.get(f.name, getattr(self, f.name)) for f in fields(self)})
@@ -126,21 +137,36 @@ class LlamaAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.qk_norm, self.sliding_window = cfg.qk_norm, cfg.sliding_window
+        if cfg.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps), RMSNorm(cfg.head_dim, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         B, T, _ = x.shape
         # heads as -1: under tensor parallelism (AutoTP) each rank holds a slice of the heads
-        q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, -1, self.head_dim)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim)
         v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         cos, sin = rope[0][:T], rope[1][:T]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        y = F.scaled_dot_product_attention(q, k, v, **causal_mask(T, self.sliding_window, x.device),
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def causal_mask(T: int, window: Optional[int], device) -> dict[str, Any]:
+    """SDPA arguments: is_causal (kernels skip the masked half), or a banded mask where a window cuts into T."""
+    if not window or window >= T:
+        return {"is_causal": True}
+    distance = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]
+    return {"attn_mask": (distance >= 0) & (distance < window)}
 
 
 class LlamaMLP(nn.Module):
@@ -181,7 +207,7 @@ class Decoder(nn.Module):
                 h=nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.n_layers)),
                 ln_f=nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps),
             ))
-        elif cfg.architecture == "llama":
+        elif cfg.architecture in LLAMA_LIKE:
             self.model = nn.ModuleDict(dict(
                 embed_tokens=nn.Embedding(cfg.vocab_size, cfg.d_model),
                 layers=nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layers)),
@@ -253,8 +279,9 @@ def count_params(cfg: ModelConfig, *, exclude_positions: bool = True) -> int:
         block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d)
         extra = 2 * d + (0 if exclude_positions else (cfg.max_positions or cfg.seq_len) * d)
     else:
-        kv = cfg.n_kv_heads * cfg.head_dim
-        block = 2 * d + d * d + 2 * d * kv + d * d + 3 * d * f
+        q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        block = 2 * d + d * q + 2 * d * kv + q * d + 3 * d * f
+        block += (q + 2 * kv if cfg.qkv_bias else 0) + (2 * cfg.head_dim if cfg.qk_norm else 0)
         extra = d
     embeddings = V * d * (1 if cfg.tie_embeddings else 2)
     return L * block + extra + embeddings

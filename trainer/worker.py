@@ -31,7 +31,7 @@ from .engine import Dist, build_engine, init_distributed
 from .export import copy_tokenizer, source_max_positions, trained_special_tokens
 from .evaluation import Evaluation, build_sources, eval_batches, evaluate, perplexity
 from .gradnorm import module_grad_norm
-from .hf import config_from_hf, load_hf_weights, read_hf_config, save_hf_model
+from .hf import load_hf_config, load_hf_weights, save_hf_model
 from .metrics import Metrics, Progress, log_json, metrics_port, peak_flops
 from .shm import release_allreduce_buffers
 from .model import ModelConfig, build_model, count_params, flops_per_token
@@ -82,7 +82,7 @@ def fit_to_world(spec: LLMTrainingJobSpec, world_size: int) -> LLMTrainingJobSpe
 def model_config(spec: LLMTrainingJobSpec) -> ModelConfig:
     m, ckpt = spec.model_spec, spec.training.activation_checkpointing
     if m.hugging_face_path:
-        return config_from_hf(read_hf_config(m.hugging_face_path), seq_len=m.seq_len, activation_checkpointing=ckpt)
+        return load_hf_config(m.hugging_face_path, seq_len=m.seq_len, activation_checkpointing=ckpt)
     return ModelConfig.from_resolved(m.resolved(), activation_checkpointing=ckpt)
 
 
