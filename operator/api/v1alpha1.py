@@ -152,7 +152,12 @@ class ModelSpec(ApiModel):
     )
 
     preset: Optional[PresetName] = Field(None, description="Named size; explicit fields below override it. One of: " + ", ".join(PRESETS) + ".")
-    architecture: Optional[Architecture] = Field(None, description="gpt (LayerNorm, GELU MLP, learned positions) or llama (RMSNorm, RoPE, SwiGLU, grouped-query attention).")
+    architecture: Optional[Architecture] = Field(
+        None,
+        description="gpt (LayerNorm, GELU MLP, learned positions) or llama (RMSNorm, RoPE, SwiGLU, grouped-query attention); "
+        "qwen2 (llama with q/k/v bias), qwen3 (llama with per-head q/k RMSNorm) and mistral (llama with a sliding window when its "
+        "checkpoint sets one) export as those Hugging Face families.",
+    )
     n_layers: Optional[int] = Field(None, ge=1, alias="nLayers", description="Transformer blocks.")
     d_model: Optional[int] = Field(None, ge=8, alias="dModel", description="Hidden size.")
     n_heads: Optional[int] = Field(None, ge=1, alias="nHeads", description="Attention heads.")
@@ -176,8 +181,9 @@ class ModelSpec(ApiModel):
             raise ValueError(f"model.dModel ({r['dModel']}) must be divisible by model.nHeads ({r['nHeads']})")
         if r["nHeads"] % r["nKvHeads"]:
             raise ValueError(f"model.nHeads ({r['nHeads']}) must be divisible by model.nKvHeads ({r['nKvHeads']})")
-        if r["architecture"] == "llama" and (r["dModel"] // r["nHeads"]) % 2:
-            raise ValueError(f"model: llama head size dModel/nHeads ({r['dModel'] // r['nHeads']}) must be even for RoPE")
+        head = r.get("headDim") or r["dModel"] // r["nHeads"]
+        if r["architecture"] != "gpt" and head % 2:
+            raise ValueError(f"model: {r['architecture']} head size dModel/nHeads ({head}) must be even for RoPE")
         return self
 
     def resolved(self) -> dict[str, Any]:
