@@ -115,3 +115,21 @@ def test_step_loss_is_the_token_mean_not_the_mean_of_micro_batch_means():
     expected = single.lm_head.weight.grad
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(means, expected, rtol=1e-2, atol=1e-5)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_source_target_counts_are_the_rows_trained_positions(packing):
+    from llm_trainer.sft.dataset import SFTSource
+
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(1, 40, 30)  # some longer than a row of 25: cut
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids, targets = rng.integers(0, 50, offsets[-1]), rng.random(offsets[-1]) < 0.5
+    source = SFTSource.from_arrays(ids, targets, offsets, seq_len=24, packing=packing, pad_id=0)
+    assert source.truncated == int((lengths > 25).sum())
+    placed = sorted(k for g in source.groups for k in g)
+    assert placed == list(range(30)) and (len(source.groups) < 30) == packing
+    for i in range(source.num_samples):
+        row = source.sample(i)
+        assert row.shape == (3, 25)
+        assert source.target_count(i) == int((shifted_targets(row) != IGNORE).sum())

@@ -20,7 +20,7 @@ import numpy as np
 from ..data import data_path, resolve_paths
 from .chat_template import TemplateRenderError
 from .examples import Example, RowError, row_example
-from .packing import layout, pack, shifted_targets
+from .packing import layout, pack
 from .tokenizer import HFTokenizer, load_tokenizer, tokenizer_config_path, tokenizer_json
 
 
@@ -70,19 +70,26 @@ def write_cache(examples: Sequence[Example], out: Path) -> None:
 
 @dataclass
 class SFTSource:
-    """Rows of examples: sample(i) is (3, seq_len + 1) int64 (ids, is-target, segment); target_count(i) its trained positions."""
+    """Rows of examples: sample(i) is (3, seq_len + 1) int64 (ids, is-target, segment), laid out when read (rows are not
+    kept: only the examples, about 5 bytes a token); target_count(i) is its number of trained positions."""
 
     seq_len: int
-    rows: np.ndarray  # (num_rows, 3, seq_len + 1), laid out once
-    target_counts: np.ndarray  # (num_rows,)
+    ids: np.ndarray  # every example's tokens, concatenated
+    targets: np.ndarray  # bool, the same length
+    offsets: np.ndarray  # example k is [offsets[k], offsets[k + 1])
+    groups: list[list[int]]  # the examples of each row
+    target_counts: np.ndarray  # (rows,)
+    pad_id: int
     truncated: int  # examples cut to seq_len + 1 tokens
 
     @property
     def num_samples(self) -> Optional[int]:
-        return len(self.rows)
+        return len(self.groups)
 
     def sample(self, index: int) -> np.ndarray:
-        return self.rows[index]
+        o = self.offsets
+        return layout([(self.ids[o[k]:o[k + 1]].astype(np.int64), self.targets[o[k]:o[k + 1]]) for k in self.groups[index]],
+                      self.seq_len + 1, self.pad_id)
 
     def target_count(self, index: int) -> int:
         return int(self.target_counts[index])
@@ -91,14 +98,16 @@ class SFTSource:
     def from_arrays(cls, ids: np.ndarray, targets: np.ndarray, offsets: np.ndarray, seq_len: int, packing: bool,
                     pad_id: int) -> "SFTSource":
         width = seq_len + 1
-        examples = [(ids[a:b].astype(np.int64), targets[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
-        if not examples:
+        if len(offsets) < 2:
             raise ValueError("data.paths: the files hold no examples")
-        lengths = [min(len(e[0]), width) for e in examples]
-        groups = pack(lengths, width) if packing else [[i] for i in range(len(examples))]
-        laid = np.stack([layout([examples[i] for i in group], width, pad_id) for group in groups])
-        counts = (shifted_targets(laid) != -100).sum(axis=-1)
-        return cls(seq_len, laid, counts, sum(len(e[0]) > width for e in examples))
+        lengths = np.diff(offsets)
+        kept = np.minimum(lengths, width)  # what of each example a row holds
+        groups = pack(kept.tolist(), width) if packing else [[k] for k in range(len(lengths))]
+        # trained positions of an example: its targets after its first token (nothing predicts that one), within what is kept
+        running = np.concatenate([[0], np.cumsum(targets, dtype=np.int64)])
+        per_example = running[offsets[:-1] + kept] - running[offsets[:-1] + 1]
+        counts = np.asarray([per_example[g].sum() for g in groups], dtype=np.int64)
+        return cls(seq_len, ids, targets, offsets, groups, counts, pad_id, int((lengths > width).sum()))
 
 
 def load_source(path: Path, seq_len: int, packing: bool, pad_id: int) -> SFTSource:
