@@ -12,14 +12,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..data import EOS_CANDIDATES
+from ..data import EOS_CANDIDATES, tokenizer_json
+
+__all__ = ["HFTokenizer", "load_tokenizer", "tokenizer_config_path", "tokenizer_json"]  # tokenizer_json: data.py's
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-
-
-def tokenizer_json(path: str) -> str:
-    """The tokenizer.json of data.tokenizer (a file, or a directory holding one)."""
-    return os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
 
 
 def tokenizer_config_path(path: str) -> Optional[str]:
