@@ -5,7 +5,7 @@ Jinja2's ImmutableSandboxedEnvironment with trim_blocks and lstrip_blocks, the l
 raise_exception, strftime_now and the sandbox's restricted dict and namespace, a tojson filter that keeps non-ASCII
 characters, and the variables messages (keys whose value is null dropped, reasoning under reasoning_content and
 thinking), tools and documents (none), add_generation_prompt and the tokenizer's special tokens (bos_token, ...).
-Checked against transformers 5.23 (tests/unit/test_sft_template.py compares token ids and assistant masks).
+Checked against transformers 5.23 (tests/trainer/test_sft_template.py compares token ids and assistant masks).
 """
 
 from __future__ import annotations
