@@ -90,3 +90,13 @@ def test_worker_stops_on_a_bad_row_before_the_model_is_built(tmp_path, monkeypat
     with pytest.raises(PreflightError, match=f"data.paths: {train}:2: no assistant turn"):
         worker.main(["--job", str(sft_job(tmp_path, [train])), "--output-dir", str(tmp_path / "out")])
     assert built == []
+
+
+def test_prompt_completion_rows_need_both_fields(tmp_path, capsys):
+    train = jsonl(tmp_path / "train.jsonl", [{"prompt": "Spell two.", "completion": " t-w-o"}, {"prompt": "Spell one."}])
+    job = write_job(tmp_path, {"spec": {"slotsPerNode": 1, "model": {"preset": "tiny-llama", "vocabSize": 320},
+                                        "training": {"globalBatchSize": 2},
+                                        "data": {"format": "promptCompletion", "paths": [train], "tokenizer": str(DATA / "chatml")}}})
+    lines = validate(job, capsys)
+    assert "no field 'completion'" in line_naming(lines, "data.paths", f"{train}:2")
+    assert len(lines) == 2
