@@ -80,3 +80,14 @@ def test_first_loss_is_the_token_mean_of_the_whole_global_batch(sft_run):
         mean_of_means = float(np.mean([model(m.inputs, m.targets, **m.model_kwargs()).item() for m in micro]))
     assert run.losses[1] == pytest.approx(expected, rel=1e-6)
     assert run.losses[1] != pytest.approx(mean_of_means, rel=1e-5)
+
+
+def test_stopped_and_resumed_sft_run_sees_the_same_rows(sft_run, tmp_path):
+    """The sampler's state resumes SFT rows as it does token windows: the losses are those of the uninterrupted run."""
+    job, reference = sft_run
+    first = run_ranks(job, tmp_path / "out", args=("--stop-at-step", "7"))
+    assert first.codes == [0, 0], first.log_tail()
+    second = run_ranks(job, tmp_path / "out")
+    assert second.codes == [0, 0], second.log_tail()
+    assert second.summary["resumed_from"] == "global_step7"
+    assert {**first.losses, **second.losses} == reference.losses
