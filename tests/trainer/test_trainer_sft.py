@@ -91,3 +91,15 @@ def test_stopped_and_resumed_sft_run_sees_the_same_rows(sft_run, tmp_path):
     assert second.codes == [0, 0], second.log_tail()
     assert second.summary["resumed_from"] == "global_step7"
     assert {**first.losses, **second.losses} == reference.losses
+
+
+def test_packing_and_loss_on_are_in_the_resume_key_of_sft_runs_only(tmp_path):
+    from llm_trainer.rundir import resume_key
+
+    sft = load_job_file(str(write_job(tmp_path, SFT))).spec
+    key = resume_key(sft, 2)
+    assert key["data.packing"] is True and key["training.lossOn"] == "assistant"
+    unpacked = sft.model_copy(update={"data": sft.data.model_copy(update={"packing": False})})
+    assert resume_key(unpacked, 2) != key  # other rows: a checkpoint's sample position means other data
+    plain = load_job_file(str(write_job(tmp_path, name="plain.yaml"))).spec
+    assert not {"data.packing", "training.lossOn"} & set(resume_key(plain, 2))  # earlier runs' keys are unchanged
