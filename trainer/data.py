@@ -90,6 +90,11 @@ def data_path(data, path: str) -> str:
     return path if os.path.isabs(path) or not data.volume else os.path.join(data.mount_path, path)
 
 
+def tokenizer_json(path: str) -> str:
+    """The tokenizer.json of data.tokenizer: the file, or the one in a Hugging Face tokenizer directory."""
+    return os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+
+
 def resolve_paths(data) -> list[str]:
     """data.paths with globs expanded, each pattern's matches sorted."""
     out: list[str] = []
@@ -285,7 +290,7 @@ def build_source(data, vocab_size: int, seq_len: int, seed: int, cache_dir: Path
     if data.format == "tokens":
         source = TokenFileSource(paths, data.token_dtype, seq_len)
     else:
-        tokenizer = data_path(data, data.tokenizer)
+        tokenizer = tokenizer_json(data_path(data, data.tokenizer))
         cache = tokenized_cache_path(paths, data.format, tokenizer, data.text_field, data.token_dtype, cache_dir)
         if tokenize_here and not cache.exists():
             cache_dir.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,10 @@ llama: RMSNorm, RoPE (rotate-half), SwiGLU MLP, grouped-query attention, no bias
        qwen2, qwen3 and mistral are this decoder with q/k/v bias, q/k norm or a sliding window (families.py).
 
 Module names follow the Hugging Face layouts so that hf.py maps weights one to one.
-Attention is F.scaled_dot_product_attention(is_causal=True) (flash / memory-efficient kernels on GPU).
-forward(idx, targets) returns the mean cross-entropy in fp32; forward(idx) returns the logits.
+Attention is F.scaled_dot_product_attention(is_causal=True) (flash / memory-efficient kernels on GPU), or with an
+attn_mask (packed SFT rows: block-diagonal causal, trainer/sft/packing.py) and position_ids restarting per example.
+forward(idx, targets) returns the mean cross-entropy in fp32 over the targets that are not -100 (reduction="sum":
+their sum, for a token mean across micro-batches); forward(idx) returns the logits.
 """
 
 from __future__ import annotations
@@ -103,10 +105,10 @@ class GPTAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -128,8 +130,8 @@ class GPTBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = GPTMLP(cfg)
 
-    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, rope=None, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -145,7 +147,7 @@ class LlamaAttention(nn.Module):
         if cfg.qk_norm:
             self.q_norm, self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps), RMSNorm(cfg.head_dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, T, _ = x.shape
         # heads as -1: under tensor parallelism (AutoTP) each rank holds a slice of the heads
         q = self.q_proj(x).view(B, T, -1, self.head_dim)
@@ -154,19 +156,21 @@ class LlamaAttention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-        cos, sin = rope[0][:T], rope[1][:T]
+        cos, sin = rope[0][..., :T, :], rope[1][..., :T, :]  # the tables, or (B, 1, T, head_dim) at given positions
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, **causal_mask(T, self.sliding_window, x.device),
+        y = F.scaled_dot_product_attention(q, k, v, **causal_mask(T, self.sliding_window, x.device, attn_mask),
                                            enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
-def causal_mask(T: int, window: Optional[int], device) -> dict[str, Any]:
-    """SDPA arguments: is_causal (kernels skip the masked half), or a banded mask where a window cuts into T."""
+def causal_mask(T: int, window: Optional[int], device, attn_mask: Optional[torch.Tensor] = None) -> dict[str, Any]:
+    """SDPA arguments: is_causal (kernels skip the masked half), or a boolean mask: the given one (packed rows'
+    block-diagonal causal mask), cut to a band where a sliding window is shorter than T."""
     if not window or window >= T:
-        return {"is_causal": True}
+        return {"attn_mask": attn_mask, "is_causal": False} if attn_mask is not None else {"is_causal": True}
     distance = torch.arange(T, device=device)[:, None] - torch.arange(T, device=device)[None, :]
-    return {"attn_mask": (distance >= 0) & (distance < window)}
+    band = (distance >= 0) & (distance < window)
+    return {"attn_mask": band if attn_mask is None else attn_mask & band}
 
 
 class LlamaMLP(nn.Module):
@@ -188,8 +192,8 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = LlamaMLP(cfg)
 
-    def forward(self, x: torch.Tensor, rope) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope)
+    def forward(self, x: torch.Tensor, rope, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, attn_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -243,24 +247,28 @@ class Decoder(nn.Module):
             else:
                 nn.init.ones_(p)
 
-    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, *, position_ids: Optional[torch.Tensor] = None,
+                attn_mask: Optional[torch.Tensor] = None, reduction: str = "mean") -> torch.Tensor:
         if self.cfg.architecture == "gpt":
             gpt: Any = self.transformer  # submodules by name (nn.Module's __getattr__ is untyped)
-            x = gpt.wte(idx) + gpt.wpe(torch.arange(idx.size(1), device=idx.device))
+            x = gpt.wte(idx) + gpt.wpe(torch.arange(idx.size(1), device=idx.device) if position_ids is None else position_ids)
             rope, final_norm = None, gpt.ln_f
         else:
             llama: Any = self.model
             x = llama.embed_tokens(idx)
-            rope, final_norm = (self.rope_cos, self.rope_sin), llama.norm
+            rope = (cast(torch.Tensor, self.rope_cos), cast(torch.Tensor, self.rope_sin))
+            if position_ids is not None:  # (B, 1, T, head_dim): one row of the tables per token, broadcast over the heads
+                rope = (rope[0][position_ids].unsqueeze(1), rope[1][position_ids].unsqueeze(1))
+            final_norm = llama.norm
         for block in self.blocks:
             if self.cfg.activation_checkpointing and self.training:
-                x = checkpoint(block, x, rope, use_reentrant=False)
+                x = checkpoint(block, x, rope, attn_mask, use_reentrant=False)
             else:
-                x = block(x, rope)
+                x = block(x, rope, attn_mask)
         logits = self.lm_head(final_norm(x))
         if targets is None:
             return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
 
 
 def build_model(cfg: ModelConfig, seed: int, device: torch.device | str | None = None) -> Decoder:

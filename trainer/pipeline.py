@@ -50,8 +50,8 @@ class Positions(nn.Module):
 
 
 class GPTBlockPipe(GPTBlock):
-    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
-        return super().forward(x)
+    def forward(self, x: torch.Tensor, rope=None, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return super().forward(x, attn_mask=attn_mask)
 
 
 class LlamaBlockPipe(LlamaBlock):
@@ -61,8 +61,8 @@ class LlamaBlockPipe(LlamaBlock):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
-        return super().forward(x, (self.rope_cos, self.rope_sin))
+    def forward(self, x: torch.Tensor, rope=None, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return super().forward(x, (self.rope_cos, self.rope_sin), attn_mask)
 
 
 class FinalLayerNorm(nn.LayerNorm):

@@ -10,6 +10,9 @@ DeepSpeed engine were built. Each problem names the manifest field and the file:
   model.vocabSize         holds every id of the tokenizer (data.tokenDtype too)
   data.paths              every pattern matches files; token files are whole tokenDtype elements; jsonl has textField
   data.validation         its files, like data.paths and none of them a training file; a fraction leaves held-out windows
+  chat, promptCompletion  every row has its fields (messages with known roles and an assistant turn; prompt and
+                          completion); the first PREFLIGHT_EXAMPLES rows of each file render with the chat template
+                          and tokenize (the trainer renders every row, before it builds the model, with the same errors)
 
 `llm-train validate` runs where the manifest is written, where the pods' volumes are not: a path on a volume the
 spec mounts (data.volume, checkpoint.volume, podTemplate.volumeMounts) whose mount point does not exist here is
@@ -18,6 +21,7 @@ listed as not checked instead of failing (check(..., here=True)). Everywhere els
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -26,10 +30,18 @@ from typing import Any, Optional
 
 import numpy as np
 
+from llm_operator.api.v1alpha1 import SFT_FORMATS
+
 from .data import data_path
+from .sft.dataset import DataRowError, example_at
+from .sft.dataset import rows as sft_rows
+from .sft.examples import RowError, check_messages, check_prompt_completion
+from .sft.tokenizer import HFTokenizer, load_tokenizer, tokenizer_config_path, tokenizer_json
 from .evaluation import held_out_counts
 
 PREFLIGHT_EXIT = 5  # `llm-train launch`: the job's input is bad; restarting cannot help
+PREFLIGHT_EXAMPLES = 1000  # SFT rows rendered and tokenized per file (all are checked for their fields)
+MAX_ROW_PROBLEMS = 10  # per file: a file with a systematic problem lists its first rows, not all of them
 
 
 class PreflightError(ValueError):
@@ -164,8 +176,9 @@ class _Checks:
         path = data_path(data, data.tokenizer)
         if self.unreachable(path, "data.tokenizer"):
             return
+        directory, path = os.path.isdir(path), tokenizer_json(path)
         if not os.path.isfile(path):
-            self.problem(f"data.tokenizer: {path}: no such file")
+            self.problem(f"data.tokenizer: {path}: no such file" + (" (a tokenizer directory holds tokenizer.json)" if directory else ""))
             return
         from tokenizers import Tokenizer
 
@@ -227,6 +240,8 @@ class _Checks:
 
     def text_file(self, name: str, path: str) -> None:
         data = self.spec.data
+        if data.format in SFT_FORMATS:
+            return self.sft_file(name, path)
         try:
             with open(path, encoding="utf-8") as f:
                 if data.format != "jsonl":
@@ -242,6 +257,55 @@ class _Checks:
             self.problem(f"{name}: {path}: not UTF-8 text: {exc}")
         except ValueError as exc:
             self.problem(f"{name}: {path}: first line is not JSON: {exc}")
+        except OSError as exc:
+            self.problem(f"{name}: {path}: {exc.strerror or exc}")
+
+
+    # -- supervised fine-tuning (issue 21)
+    @functools.cached_property
+    def sft_tokenizer(self) -> Optional[HFTokenizer]:
+        """The tokenizer that renders the rows; None (reported) if there is none to use."""
+        data = self.spec.data
+        path = data_path(data, data.tokenizer)
+        if self.unreachable(path, "data.tokenizer"):
+            return None
+        try:
+            tok = load_tokenizer(path)
+        except ValueError:
+            return None  # tokenizer() reported it
+        if data.format == "chat" and not tok.chat_template:
+            self.problem(f"data.tokenizer: {tokenizer_config_path(path) or path}: no chat_template to render data.format chat with "
+                         "(a Hugging Face tokenizer directory whose tokenizer_config.json has one)")
+            return None
+        return tok
+
+    def sft_file(self, name: str, path: str) -> None:
+        data = self.spec.data
+        loss_on = self.spec.training.loss_on or "assistant"
+        tok = self.sft_tokenizer
+        problems = 0
+        try:
+            for count, (number, obj) in enumerate(sft_rows(path)):
+                try:
+                    if tok is not None and count < PREFLIGHT_EXAMPLES:
+                        example_at(tok, data.format, loss_on, name, path, number, obj)
+                    elif data.format == "chat":
+                        check_messages(obj, need_assistant=loss_on == "assistant")
+                    else:
+                        check_prompt_completion(obj)
+                except RowError as exc:
+                    self.problem(f"{name}: {path}:{number}: {exc}")
+                    problems += 1
+                except DataRowError as exc:
+                    self.problem(str(exc))
+                    problems += 1
+                if problems == MAX_ROW_PROBLEMS:
+                    self.problem(f"{name}: {path}: stopped after {MAX_ROW_PROBLEMS} bad rows")
+                    return
+        except DataRowError as exc:  # a line that is not JSON
+            self.problem(f"{name}: {exc}")
+        except UnicodeDecodeError as exc:
+            self.problem(f"{name}: {path}: not UTF-8 text: {exc}")
         except OSError as exc:
             self.problem(f"{name}: {path}: {exc.strerror or exc}")
 

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from llm_operator.api.v1alpha1 import LLMTrainingJobSpec
+from llm_operator.api.v1alpha1 import SFT_FORMATS, LLMTrainingJobSpec
 
 from .markers import PROGRESS
 
@@ -66,6 +66,9 @@ def resume_key(spec: LLMTrainingJobSpec, ranks: int) -> dict[str, Any]:
     validation = spec.data.validation
     if validation is not None and validation.fraction is not None:  # it cuts windows out of the training set
         key["data.validation.fraction"] = validation.fraction
+    if spec.data.format in SFT_FORMATS:  # they make the rows and their targets (absent from other runs' keys)
+        key["data.packing"] = spec.data.packing
+        key["training.lossOn"] = spec.training.loss_on or "assistant"
     return json.loads(json.dumps(key))  # as it reads back from run.json
 
 

@@ -22,11 +22,11 @@ import torch
 from llm_operator.api import load_job_file
 from llm_operator.api.deepspeed_config import build_deepspeed_config
 from llm_operator.api.contract import FINAL_SCRAPE_ENV, RESTART_ENV
-from llm_operator.api.v1alpha1 import LLMTrainingJob, LLMTrainingJobSpec, check_pipeline_layers
+from llm_operator.api.v1alpha1 import SFT_FORMATS, LLMTrainingJob, LLMTrainingJobSpec, check_pipeline_layers
 
 from . import markers, preflight
 from .checkpoint import COMPLETE, CheckpointManager, Preemption
-from .data import build_loader
+from .data import Loader, Source, build_loader
 from .engine import Dist, build_engine, init_distributed
 from .export import copy_tokenizer, source_max_positions, trained_special_tokens
 from .evaluation import Evaluation, build_sources, eval_batches, evaluate, perplexity
@@ -36,6 +36,10 @@ from .metrics import Metrics, Progress, log_json, metrics_port, peak_flops
 from .shm import release_allreduce_buffers
 from .model import ModelConfig, build_model, count_params, flops_per_token
 from . import pipeline
+from .sft.dataset import SFTSource
+from .sft.evaluation import SFTEvaluation, sft_eval_batches
+from .sft.loader import SFTLoader, build_sft_loader, sft_sources
+from .sft.loss import micro_batch_loss
 
 SUMMARY = "summary.json"
 
@@ -117,6 +121,16 @@ class Trainer:
         torch.manual_seed(t.seed)
 
         self.cfg = model_config(spec)
+        # the data first: a bad row or template fails here, before any model is built
+        self.micro, self.accumulation, self.global_batch = spec.batch_plan()
+        self.sft = spec.data.format in SFT_FORMATS
+        source: Source
+        held_out: Optional[Source]
+        if self.sft:
+            source, held_out = sft_sources(spec, self.cfg.seq_len, self.out / "data-cache", tokenize_here=d.is_node_main, barrier=self.barrier)
+        else:
+            source, held_out = build_sources(spec.data, self.cfg.vocab_size, self.cfg.seq_len, t.seed, self.out / "data-cache",
+                                             tokenize_here=d.is_node_main, barrier=self.barrier)
         # with pipeline stages the whole model is built in host memory and each rank keeps only its stage on the device
         model = build_model(self.cfg, seed=t.seed, device="cpu" if t.pipeline_stages > 1 else d.device)
         if spec.model_spec.hugging_face_path:
@@ -132,18 +146,28 @@ class Trainer:
         self.engine, self.scheduler = build_engine(model, self.ds_config, t, d)
         if self.stages > 1 and not self.engine.zero_optimization():
             pipeline.count_tied_weights_once(self.engine)
-        self.micro, self.accumulation, self.global_batch = spec.batch_plan()
         self.tokens_per_step = self.global_batch * self.cfg.seq_len
 
-        source, held_out = build_sources(spec.data, self.cfg.vocab_size, self.cfg.seq_len, t.seed, self.out / "data-cache",
-                                         tokenize_here=d.is_node_main, barrier=self.barrier)
         dp_rank, dp_size = pipeline.data_parallel_rank_and_size(self.engine, d)
-        self.evaluation = Evaluation(eval_batches(held_out, t.eval_steps, dp_rank, dp_size, self.micro, self.cfg.vocab_size),
-                                     d.world_size, d.device, pipeline.evaluate if self.stages > 1 else evaluate,
-                                     data_parallel=dp_size) if held_out is not None and t.eval_interval_steps else None
+        self.dp_size = dp_size
+        self.evaluation: Optional[Any] = None
+        if self.sft and held_out is not None and t.eval_interval_steps:
+            assert isinstance(held_out, SFTSource)
+            self.evaluation = SFTEvaluation(sft_eval_batches(held_out, t.eval_steps, dp_rank, dp_size, self.micro, self.cfg.vocab_size),
+                                            d.device, spec.data.packing, data_parallel=dp_size)
+        elif held_out is not None and t.eval_interval_steps:
+            self.evaluation = Evaluation(eval_batches(held_out, t.eval_steps, dp_rank, dp_size, self.micro, self.cfg.vocab_size),
+                                         d.world_size, d.device, pipeline.evaluate if self.stages > 1 else evaluate,
+                                         data_parallel=dp_size)
         self.eval_history: list[dict[str, Any]] = []
-        self.loader = build_loader(source, seed=t.seed, rank=dp_rank, world_size=dp_size,
-                                   micro_batch=self.micro, device=d.device, vocab_size=self.cfg.vocab_size)
+        self.loader: Loader
+        if self.sft:
+            assert isinstance(source, SFTSource)
+            self.loader = build_sft_loader(source, seed=t.seed, rank=dp_rank, world_size=dp_size, micro_batch=self.micro,
+                                           device=d.device, vocab_size=self.cfg.vocab_size, packing=spec.data.packing)
+        else:
+            self.loader = build_loader(source, seed=t.seed, rank=dp_rank, world_size=dp_size,
+                                       micro_batch=self.micro, device=d.device, vocab_size=self.cfg.vocab_size)
 
         self.checkpoints = CheckpointManager(self.args.checkpoint_dir or self.out / "checkpoints",
                                              spec.checkpoint.keep, d.rank, self.barrier, local_rank=d.local_rank)
@@ -225,6 +249,8 @@ class Trainer:
         self.last_lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else None  # this step's LR
         if self.stages > 1:  # DeepSpeed's pipeline schedule runs the micro-batches; the loss comes from the last stage
             self.interval_loss += pipeline.train_batch(self.engine, self.loader, self.accumulation).detach()
+        elif self.sft:
+            self.interval_loss += self.sft_step()
         else:
             self.interval_loss += self.data_parallel_step()
         self.interval_steps += 1
@@ -251,6 +277,24 @@ class Trainer:
             self.engine.step()  # applies the optimizer (and LR schedule) at the accumulation boundary
             loss_sum += loss.detach()
         return loss_sum / self.accumulation
+
+    def sft_step(self) -> torch.Tensor:
+        """data_parallel_step with the loss of sft/loss.py: every target token of the step weighs the same, on every rank."""
+        loader = self.loader
+        assert isinstance(loader, SFTLoader)
+        targets = loader.global_target_count(self.accumulation)
+        loss_sum = torch.zeros((), device=self.dist.device)
+        own_norm = self.log_due(self.step + 1) and self.ds_config["zero_optimization"]["stage"] == 0
+        for micro_step in range(self.accumulation):
+            batch = loader.next_micro_batch()
+            summed = self.engine(batch.inputs, batch.targets, reduction="sum", **batch.model_kwargs())
+            loss = micro_batch_loss(summed, targets, self.accumulation, self.dp_size)
+            self.engine.backward(loss)
+            if own_norm and micro_step == self.accumulation - 1:
+                self.own_grad_norm = module_grad_norm(self.engine.module)
+            self.engine.step()
+            loss_sum += loss.detach()
+        return loss_sum / self.accumulation  # log() sums the ranks and divides by their number: the step's token mean
 
     def log_due(self, step: int) -> bool:
         return step == 1 or step % self.t.log_interval_steps == 0 or step == self.total

@@ -232,6 +232,9 @@ class ValidationDataSpec(ApiModel):
 # -- end of issue 11 (held-out evaluation) block
 
 
+SFT_FORMATS = ("chat", "promptCompletion")  # one example per row, the loss on its answer (issue 21)
+
+
 class DataSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -240,18 +243,28 @@ class DataSpec(ApiModel):
                 cel("!(self.format in ['text', 'jsonl']) || has(self.tokenizer)", "data.tokenizer is required for text and jsonl data", field_path=".tokenizer"),
                 cel("self.format != 'synthetic' || !has(self.validation)", "data.validation: synthetic data holds out its own samples; leave data.validation unset",
                     field_path=".validation"),
+                # --- issue 21 (supervised fine-tuning) ---
+                cel("!(self.format in ['chat', 'promptCompletion']) || has(self.tokenizer)",
+                    "data.tokenizer is required for chat and promptCompletion data (a Hugging Face tokenizer directory)", field_path=".tokenizer"),
+                cel("!has(self.packing) || !self.packing || self.format in ['chat', 'promptCompletion']",
+                    "data.packing needs data.format chat or promptCompletion (text and jsonl are already concatenated)", field_path=".packing"),
             ]
         }
     )
 
-    format: Literal["synthetic", "tokens", "text", "jsonl"] = Field(
+    format: Literal["synthetic", "tokens", "text", "jsonl", "chat", "promptCompletion"] = Field(
         "synthetic",
         description="synthetic: random tokens (smoke tests, benchmarks); tokens: pre-tokenized binary files; "
-        "text: plain text files; jsonl: one JSON object per line with a text field.",
+        "text: plain text files; jsonl: one JSON object per line with a text field; "
+        "chat: jsonl rows {messages: [{role, content}]} rendered with the tokenizer's chat template; "
+        "promptCompletion: jsonl rows {prompt, completion} (supervised fine-tuning, one example per row).",
     )
     paths: list[str] = Field(default_factory=list, description="Files or glob patterns, read in sorted order (absolute, or relative to data.mountPath).")
     token_dtype: Literal["uint16", "uint32"] = Field("uint16", description="Element type of token files (uint16 fits vocabularies up to 65536).")
-    tokenizer: Optional[str] = Field(None, description="Path to a Hugging Face tokenizer.json used for text and jsonl data.")
+    tokenizer: Optional[str] = Field(
+        None, description="A Hugging Face tokenizer.json, or a tokenizer directory (tokenizer.json + tokenizer_config.json, whose "
+        "chat_template renders chat data), used for text, jsonl, chat and promptCompletion data.",
+    )
     text_field: str = Field("text", description="Field of each jsonl object that holds the text.")
     volume: Optional[K8sObject] = Field(
         None, description="Volume source holding the data (e.g. {persistentVolumeClaim: {claimName: corpus}}), mounted read-only at mountPath."
@@ -260,6 +273,11 @@ class DataSpec(ApiModel):
     validation: Optional[ValidationDataSpec] = Field(
         None, description="Held-out data for evaluation (training.evalIntervalSteps): its own paths, or a fraction of the training files. "
         "Synthetic data holds out its own samples and takes no data.validation.",
+    )
+    # --- issue 21 (supervised fine-tuning) ---
+    packing: bool = Field(
+        False, description="chat and promptCompletion: put several examples in each sequence (position ids restart per example, "
+        "no attention across examples); otherwise each example is one sequence, padded (padding is never a target).",
     )
 
     @model_validator(mode="after")
@@ -270,6 +288,10 @@ class DataSpec(ApiModel):
             raise ValueError("data.validation: synthetic data holds out its own samples; leave data.validation unset")
         if self.format in ("text", "jsonl") and not self.tokenizer:
             raise ValueError("data.tokenizer is required for text and jsonl data")
+        if self.format in SFT_FORMATS and not self.tokenizer:
+            raise ValueError("data.tokenizer is required for chat and promptCompletion data (a Hugging Face tokenizer directory)")
+        if self.packing and self.format not in SFT_FORMATS:
+            raise ValueError("data.packing needs data.format chat or promptCompletion (text and jsonl are already concatenated)")
         return self
 
 
@@ -331,6 +353,11 @@ class TrainingSpec(ApiModel):
         description="Pipeline-parallel stages (DeepSpeed PipelineModule): the decoder's layers are split across this many ranks, "
         "and nodes × slotsPerNode / pipelineStages ranks do data parallelism. The gradient-accumulation steps are the pipeline's "
         "micro-batches per optimizer step. Needs zeroStage 0 or 1 and nodes × slotsPerNode divisible by it.",
+    )
+    # --- issue 21 (supervised fine-tuning) ---
+    loss_on: Optional[Literal["assistant", "all"]] = Field(
+        None, description="chat and promptCompletion data: assistant (the default) trains on the assistant's turns (or the completion) "
+        "only, each with its end-of-turn token; all trains on every token but padding. Other formats always train on all tokens.",
     )
     pipeline_partition: Literal["blocks", "parameters"] = Field(
         "blocks",
@@ -670,6 +697,15 @@ class LLMTrainingJobSpec(ApiModel):
                     field_path=".gang.minAvailable"),
                 cel("!has(self.training) || self.training.evalIntervalSteps == 0 || !has(self.data) || self.data.format == 'synthetic' || has(self.data.validation)",
                     "training.evalIntervalSteps needs data.validation (paths or fraction) unless data.format is synthetic", field_path=".training.evalIntervalSteps"),
+                # --- issue 21 (supervised fine-tuning) ---
+                cel("!has(self.training) || !has(self.training.lossOn) || self.training.lossOn != 'assistant' || "
+                    "(has(self.data) && self.data.format in ['chat', 'promptCompletion'])",
+                    "training.lossOn assistant needs data.format chat or promptCompletion", field_path=".training.lossOn"),
+                cel("!has(self.training) || self.training.pipelineStages == 1 || !has(self.data) || !(self.data.format in ['chat', 'promptCompletion'])",
+                    "training.pipelineStages > 1 does not support data.format chat or promptCompletion yet", field_path=".training.pipelineStages"),
+                cel("!has(self.data) || !(self.data.format in ['chat', 'promptCompletion']) || !has(self.data.validation) || !has(self.data.validation.fraction)",
+                    "data.validation.fraction: chat and promptCompletion data hold out whole examples; use data.validation.paths",
+                    field_path=".data.validation.fraction"),
             ]
         }
     )
@@ -755,7 +791,20 @@ class LLMTrainingJobSpec(ApiModel):
             raise ValueError("training.precision fp16 needs accelerator gpu (use bf16 or fp32 on cpu)")
         if self.training.eval_interval_steps and self.data.format != "synthetic" and self.data.validation is None:
             raise ValueError("training.evalIntervalSteps needs data.validation (paths or fraction) unless data.format is synthetic")
+        self._check_sft()
         return self._check_pods()
+
+    # --- issue 21 (supervised fine-tuning) ---
+    def _check_sft(self) -> None:
+        sft = self.data.format in SFT_FORMATS
+        if self.training.loss_on == "assistant" and not sft:
+            raise ValueError(f"training.lossOn assistant needs data.format chat or promptCompletion (data.format is {self.data.format})")
+        if sft and self.training.pipeline_stages > 1:
+            raise ValueError(f"training.pipelineStages ({self.training.pipeline_stages}) > 1 does not support data.format {self.data.format} yet "
+                             "(the pipeline's loss has no target mask): use pipelineStages 1 with ZeRO")
+        if sft and self.data.validation is not None and self.data.validation.fraction is not None:
+            raise ValueError(f"data.validation.fraction: data.format {self.data.format} holds out whole examples; "
+                             "use data.validation.paths (a held-out jsonl file)")
 
     def _check_pods(self) -> "LLMTrainingJobSpec":
         gpus = self.resources.limits.get("nvidia.com/gpu")

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: chat templates, answer-only loss masks, packing (issue 21)."""
