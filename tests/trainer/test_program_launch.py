@@ -165,3 +165,18 @@ def test_under_deepspeeds_runner_the_rank_that_failed_first_is_named(tmp_path, m
     message = log.read_text()
     assert code != 0, message
     assert expected in message, message
+
+
+def test_the_hf_trainer_program_trains_across_2_pods_and_resumes_from_its_checkpoint(tmp_path):
+    """examples/programs/train_hf_trainer.py under torchrun (2 "pods" × 1 rank, DDP over gloo with use_cpu=True); run
+    again on the same checkpoint dir with more steps, as a restarted gang does, it resumes with resume_from_checkpoint."""
+    example = REPO / "examples" / "programs" / "train_hf_trainer.py"
+    proc, _ = run_job(tmp_path, ["python3", str(example), "--steps", "4", "--save-steps", "2"], "torchrun", nodes=2, slots=1)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert sorted(line.split()[1] for line in output.splitlines() if line.startswith("rank ") and "of world size 2" in line) == ["0", "1"]
+    assert "done: 4 steps at world size 2" in output and "resumed from" not in output
+    proc, _ = run_job(tmp_path, ["python3", str(example), "--steps", "6", "--save-steps", "2"], "torchrun", nodes=2, slots=1)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "resumed from checkpoint-4 (restart 0)" in output and "done: 6 steps at world size 2" in output
