@@ -78,6 +78,12 @@ def test_a_rank_reaped_between_scans_still_counts_and_an_exit_code_beats_a_sigte
     assert watch.exits[-1] == RankExit("5", 21, None, 4)
 
 
+def test_within_one_scan_a_rank_killed_by_a_signal_beats_a_peers_exception():
+    exits = [RankExit("2", 11, 1, 4), RankExit("3", 12, -signal.SIGKILL, 4), RankExit("0", 13, -signal.SIGTERM, 4)]
+    assert first_failure(exits) == RankExit("3", 12, -signal.SIGKILL, 4)
+    assert first_failure([RankExit("2", 11, 1, 3), *exits]) == RankExit("2", 11, 1, 3)  # an earlier scan wins
+
+
 def test_ranks_that_all_exit_0_are_no_failure():
     exits = [RankExit("0", 1, 0, 3), RankExit("1", 2, 0, 3)]
     assert first_failure(exits) is None

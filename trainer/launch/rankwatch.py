@@ -40,13 +40,20 @@ def returncode_of(wait_status: int) -> int:
     return -(wait_status & 0x7F) if wait_status & 0x7F else (wait_status >> 8) & 0xFF
 
 
+def _likely_cause(e: RankExit) -> int:
+    """Within one scan: killed by a signal (SIGKILL, SIGSEGV: nothing a peer's death causes) first, then an exit
+    status (possibly a peer's lost-connection error), then SIGTERM (the runner stopping the rest) or unknown."""
+    if e.returncode is None or e.returncode == -signal.SIGTERM:
+        return 2
+    return 0 if e.returncode < 0 else 1
+
+
 def first_failure(exits: list[RankExit]) -> Optional[RankExit]:
-    """The rank that failed first: the earliest scan; within one scan, a rank whose death we saw (not the SIGTERM
-    the runner sends the rest once one failed) before one that vanished or was terminated."""
+    """The rank that failed first: the earliest scan, then the likeliest cause within it."""
     failed = [e for e in exits if e.returncode != 0]
     if not failed:
         return None
-    return min(failed, key=lambda e: (e.scan, e.returncode in (None, -signal.SIGTERM), int(e.rank) if e.rank.isdigit() else 0))
+    return min(failed, key=lambda e: (e.scan, _likely_cause(e), int(e.rank) if e.rank.isdigit() else 0))
 
 
 def read_proc(pid: int) -> Optional[ProcInfo]:
