@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+import time
 
-from llm_trainer.launch.rankwatch import ProcInfo, RankExit, RankWatch, first_failure, returncode_of
+from llm_trainer.launch.rankwatch import ProcInfo, RankExit, RankWatch, descendants, first_failure, read_proc, returncode_of
 
 RUNNER, OTHER = 100, 200
 CMDLINES = {RUNNER: "/opt/venv/bin/python -u -m deepspeed.launcher.launch --world_info=x --node_rank=1 train.py",
@@ -88,3 +92,22 @@ def test_ranks_that_all_exit_0_are_no_failure():
     exits = [RankExit("0", 1, 0, 3), RankExit("1", 2, 0, 3)]
     assert first_failure(exits) is None
     assert first_failure([*exits, RankExit("1", 3, -signal.SIGTERM, 5), RankExit("2", 4, None, 5)]) == RankExit("1", 3, -signal.SIGTERM, 5)
+
+
+def test_descendants_are_read_from_proc_zombies_included():
+    """What the watch scans in the pod: the command's process tree, a killed rank still there until it is reaped."""
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, time; c = subprocess.Popen(['sleep', '30']); "
+                               "print(c.pid, flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert descendants(parent.pid) == [child]
+        os.kill(child, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not (info := read_proc(child)) or not info.zombie:
+            assert time.monotonic() < deadline, "the killed child never became a zombie"
+            time.sleep(0.05)
+        assert descendants(parent.pid) == [child] and returncode_of(info.wait_status or 0) == -signal.SIGKILL
+    finally:
+        parent.kill()
+        parent.wait()

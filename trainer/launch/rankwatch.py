@@ -94,6 +94,30 @@ def list_pids() -> list[int]:
         return []
 
 
+def descendants(root: int) -> list[int]:
+    """root's descendants (zombies included) from /proc/PID/task/TID/children, so a scan reads a few processes and
+    not every one of the host (`llm-train run` on a laptop); all of /proc where the kernel has no such file."""
+    if not os.path.exists(f"/proc/{root}/task/{root}/children"):
+        return list_pids() if os.path.isdir(f"/proc/{root}") else []
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
+
+
 class RankWatch:
     """Scans /proc in a thread: pid -> rank of the runner's live children, and each rank's exit in order."""
 
