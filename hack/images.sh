@@ -5,14 +5,20 @@
 #   hack/images.sh build [TARGET...]   # default: operator trainer-cpu; prints one "TARGET REF TAR" line each
 #   hack/images.sh import TARGET...    # build (cached), import into the real node's containerd, tag :dev too
 #   hack/images.sh base                # only the Debian base image
+#   hack/images.sh deps [deps|deps-cpu]  # only the dependency-only image (default deps-cpu); prints its ref
 #
 # Base image: by default the Dockerfile's own bases (python:slim, the CUDA devel image) are replaced by a
 # Debian rootfs made here with debootstrap (nothing can be pulled from a registry on this machine):
 # LLMTO_IMAGE_BASE=dockerfile keeps the Dockerfile's defaults (needs a registry).
-# Images are cached by content hash (Dockerfile, pyproject.toml, README.md, operator/, trainer/,
-# hack/operator-requirements.py, the base, the target) as docker-archive tars in
-# ${LLMTO_CACHE:-~/.cache/llm-training-operator}/images; a warm run only imports the tar.
-# Refs: localhost/llmto/<target>:<hash>.
+# Two caches, so that a source change does not rebuild torch and DeepSpeed:
+# - the dependency-only stages (deps, deps-cpu: torch, DeepSpeed, transformers, not our package), named by a hash
+#   of their own Dockerfile lines, the output of hack/deps-requirements.py and the base; kept in buildah's storage
+#   (and as a tar beside the others, reloaded when the storage was wiped);
+# - every target, as a docker-archive tar named by a hash of its inputs: the Dockerfile, and pyproject.toml,
+#   README.md, operator/, trainer/, hack/operator-requirements.py (examples/programs/ for examples-cpu), the
+#   base or deps image, the target. trainer, trainer-cpu and examples-cpu are built on their cached deps image
+#   (--build-context), so they take seconds; a warm run only imports the tar.
+# All in ${LLMTO_CACHE:-~/.cache/llm-training-operator}/images. Refs: localhost/llmto/<target>:<hash>.
 set -euo pipefail
 
 DEBIAN_SUITE="bookworm"
@@ -64,36 +70,108 @@ build_base() {
   echo "$ref"
 }
 
-# content hash of everything the Dockerfile COPYs, the Dockerfile itself, the base and the target
+# the stage a target is built on, from its own cached image (empty: built from the base alone)
+deps_stage() {
+  case "$1" in
+    trainer) echo deps ;;
+    trainer-cpu|examples-cpu) echo deps-cpu ;;
+    *) echo "" ;;
+  esac
+}
+
+# the Dockerfile's global lines (before the first FROM) and the lines of the named stages, without comments
+dockerfile_stages() {
+  awk -v want=" $* " '
+    /^[[:space:]]*(#|$)/ { next }
+    toupper($1) == "FROM" { started = 1; stage = ""
+      for (i = 2; i < NF; i++) if (toupper($i) == "AS") stage = $(i + 1)
+      inside = index(want, " " stage " ") > 0 }
+    !started || inside { print }' "$ROOT/Dockerfile"
+}
+
+# content hash of the dependency spec of a deps stage: its Dockerfile lines, its requirements, the base
+deps_hash() {
+  local stage="$1" base="$2" stages=(deps-requirements deps)
+  [[ "$stage" == deps ]] || stages+=("$stage")
+  { echo "$stage $base"; dockerfile_stages "${stages[@]}"; python3 "$ROOT/hack/deps-requirements.py" "$ROOT/pyproject.toml"; } \
+    | sha256sum | cut -c1-12
+}
+
+# content hash of everything a target's build reads: the Dockerfile, what it COPYs, the base and the target
 source_hash() {
-  local target="$1" base="$2"
+  local target="$1" base="$2" inputs=(Dockerfile pyproject.toml README.md hack/operator-requirements.py operator trainer)
+  [[ "$target" != examples-cpu ]] || inputs=(Dockerfile examples/programs)
   {
     echo "$target $base"
-    (cd "$ROOT" && find Dockerfile pyproject.toml README.md hack/operator-requirements.py operator trainer \
-      -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum)
+    (cd "$ROOT" && find "${inputs[@]}" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum)
   } | sha256sum | cut -c1-12
+}
+
+# this machine's CA bundle and pip config (a TLS-inspecting network needs its CA in pip and apt too)
+host_volumes() {
+  local f; for f in /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
+    [[ -f "$f" ]] && printf -- '--volume\n%s:%s:ro\n' "$f" "$f"
+  done
+  return 0
+}
+
+# bud flags, and why: no --layers: buildah 1.28 (Debian 12) cannot bind-mount a stage (RUN --mount=...,from=wheel)
+# that it took from its layer cache ("couldn't find .../merged/wheels"), so every build is whole and the
+# caches here are ours; docker format: the OCI image config has no SHELL (the Dockerfile's pipefail would be dropped)
+bud() {
+  local volumes; mapfile -t volumes < <(host_volumes)
+  buildah bud --quiet --layers=false --format docker --network host "${volumes[@]}" -f "$ROOT/Dockerfile" "$@" "$ROOT" >&2
+}
+
+# the Debian base's ref (built if missing), empty with LLMTO_IMAGE_BASE=dockerfile
+debian_base() {
+  if [[ "$BASE_MODE" == debian ]]; then build_base; fi
+}
+
+# the build arguments that put BASE (a ref, or empty: the Dockerfile's defaults) under every stage
+base_args() {
+  local base="$1" args=()
+  [[ -z "$base" ]] || args=(--build-arg "PYTHON_IMAGE=$base" --build-arg "CUDA_IMAGE=$base")
+  BASE_ARGS=("${args[@]}")
+}
+
+# the dependency-only image of STAGE (deps or deps-cpu), in buildah's storage -> prints its ref
+build_deps() {
+  local stage="$1" base h ref tar t0=$SECONDS
+  base="$(debian_base)"
+  h="$(deps_hash "$stage" "$base")"; ref="localhost/llmto/${stage}:${h}"; tar="$CACHE/${stage}-${h}.tar"
+  if have_image "$ref"; then log "${stage} ${ref}: cached"; echo "$ref"; return; fi
+  mkdir -p "$CACHE"
+  if [[ -s "$tar" ]]; then
+    buildah pull --quiet "docker-archive:$tar" >/dev/null
+    log "${stage} ${ref}: loaded from ${tar} in $((SECONDS - t0))s"; echo "$ref"; return
+  fi
+  log "building ${stage} from the Dockerfile (${ref}; torch, DeepSpeed: cold ~5-10 min) ..."
+  base_args "$base"
+  bud --target "$stage" "${BASE_ARGS[@]}" -t "$ref"
+  rm -f "$CACHE/${stage}-"*.tar   # one cached tar per stage
+  buildah push --quiet "$ref" "docker-archive:$tar.partial:$ref" >/dev/null
+  mv "$tar.partial" "$tar"
+  log "${stage} built in $((SECONDS - t0))s ($(du -h "$tar" | cut -f1))"
+  echo "$ref"
 }
 
 # build TARGET -> prints "TARGET REF TAR"
 build_target() {
-  local target="$1" base="" args=() h ref tar t0=$SECONDS
-  if [[ "$BASE_MODE" == debian ]]; then
-    base="$(build_base)"
-    args=(--build-arg "PYTHON_IMAGE=$base" --build-arg "CUDA_IMAGE=$base")
+  local target="$1" deps base h ref tar t0=$SECONDS
+  deps="$(deps_stage "$target")"
+  base="$(debian_base)"
+  base_args "$base"
+  local args=("${BASE_ARGS[@]}")
+  if [[ -n "$deps" ]]; then
+    base="$(build_deps "$deps")"
+    args+=(--build-context "${deps}=container-image://${base}")   # the stage from its cached image, not rebuilt
   fi
   h="$(source_hash "$target" "$base")"; ref="localhost/llmto/${target}:${h}"; tar="$CACHE/${target}-${h}.tar"
   if [[ -s "$tar" ]]; then log "${target}: cached (${tar})"; echo "$target $ref $tar"; return; fi
   mkdir -p "$CACHE"
-  log "building ${target} from the Dockerfile (${ref}) ..."
-  # no --layers: buildah 1.28 (Debian 12) cannot bind-mount a stage (RUN --mount=...,from=wheel) that it
-  # took from its layer cache ("couldn't find .../merged/wheels"); every build is whole, the tar is the cache
-  # this machine's CA bundle and pip config (a TLS-inspecting network needs its CA in pip and apt too)
-  local f; for f in /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
-    [[ -f "$f" ]] && args+=(--volume "$f:$f:ro")
-  done
-  # docker format: the OCI image config has no SHELL (the Dockerfile's pipefail would be dropped)
-  buildah bud --quiet --layers=false --format docker --network host --target "$target" "${args[@]}" \
-    -t "$ref" -f "$ROOT/Dockerfile" "$ROOT" >&2
+  log "building ${target} from the Dockerfile (${ref}${deps:+ on ${base}}) ..."
+  bud --target "$target" "${args[@]}" -t "$ref"
   rm -f "$CACHE/${target}-"*.tar   # one cached tar per target
   buildah push --quiet "$ref" "docker-archive:$tar.partial:$ref" >/dev/null
   mv "$tar.partial" "$tar"
@@ -132,5 +210,6 @@ case "${1:-}" in
   build) shift; cmd_build "$@" ;;
   import) shift; cmd_import "$@" ;;
   base) build_base ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  deps) command -v buildah >/dev/null || die "buildah missing: hack/realnode.sh deps"; build_deps "${2:-deps-cpu}" ;;
+  *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

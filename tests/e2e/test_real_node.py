@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,12 +76,14 @@ def real_node(control_plane: ControlPlane) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def images(real_node: dict[str, str]) -> dict[str, str]:
-    """target -> image ref, built from the Dockerfile (cached by content hash) and imported into containerd."""
-    proc = _run(["bash", str(IMAGES), "import", "operator", "trainer-cpu"], real_node, 3600)
+    """target -> image ref, built from the Dockerfile (cached by content hash) and imported into containerd.
+    examples-cpu: the dependency-only stage (no llm-training-operator) plus examples/programs, a user's image."""
+    targets = ("operator", "trainer-cpu", "examples-cpu")
+    proc = _run(["bash", str(IMAGES), "import", *targets], real_node, 3600)
     if proc.returncode != 0:
         pytest.fail(f"hack/images.sh import failed (rc={proc.returncode}):\n{_tail(proc.stdout)}", pytrace=False)
-    refs = dict(line.split()[:2] for line in proc.stdout.splitlines() if line.startswith(("operator ", "trainer-cpu ")))
-    assert set(refs) == {"operator", "trainer-cpu"}, proc.stdout
+    refs = dict(line.split()[:2] for line in proc.stdout.splitlines() if line.startswith(tuple(f"{t} " for t in targets)))
+    assert set(refs) == set(targets), proc.stdout
     return refs
 
 
@@ -306,5 +310,132 @@ def test_killed_worker_fails_the_gang_which_resumes_from_its_checkpoint(
         summary = assert_trained(cp, real_ns, name, status, host_dir)
         assert summary["resumed_from"], summary  # the new gang resumed from the checkpoint, not from step 0
         print(f"killed worker: failure {failure}; resumed from {summary['resumed_from']}")
+    finally:
+        cp.kubectl("-n", real_ns, "delete", "ltj", name, "--wait=true", "--timeout=120s", check=False, timeout=150)
+
+
+# ------------------------------------------------------------------------------ your own program (spec.program) --
+# The user's image is examples-cpu: the Dockerfile's dependency-only stage (torch, DeepSpeed, transformers, no
+# llm-training-operator) plus examples/programs; the operator injects its launcher from the operator image.
+
+
+def program_job(name: str, image: str, claim: str | None, command: list[str], launcher: str, slots: int) -> dict:
+    spec: dict[str, Any] = {
+        "image": image,
+        "accelerator": "cpu",
+        "nodes": 2,
+        "slotsPerNode": slots,
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
+        "program": {"command": command, "workingDir": "/workspace", "launcher": launcher},
+        "podTemplate": {"nodeSelector": REAL_NODE_SELECTOR, "tolerations": [REAL_NODE_TOLERATION],
+                        "terminationGracePeriodSeconds": 30},
+    }
+    if claim is not None:
+        spec["checkpoint"] = {"volume": {"persistentVolumeClaim": {"claimName": claim}}}
+    return {"apiVersion": "llmtraining.dev/v1alpha1", "kind": "LLMTrainingJob", "metadata": {"name": name}, "spec": spec}
+
+
+def pod_logs(cp: ControlPlane, ns: str, pod: str) -> str:
+    return cp.kubectl("-n", ns, "logs", pod, "-c", "trainer", check=False).stdout
+
+
+def world_sizes(logs: str) -> dict[int, int]:
+    """rank -> world size, from the programs' own `rank R of world size W` lines."""
+    return {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"^rank (\d+) of world size (\d+)", logs, re.M)}
+
+
+def test_own_deepspeed_program_trains_at_world_size_4_and_resumes_from_its_checkpoint_after_a_killed_rank(
+        control_plane: ControlPlane, cluster_operator, images, real_ns: str, checkpoint_claim):
+    """examples/programs/train_deepspeed.py, 2 pods x 2 ranks under DeepSpeed's runner: world size 4 in its own output;
+    global rank 3 SIGKILLed after the program's first save_checkpoint -> status.failure names the pod and rank 3, the
+    gang restarts, the program resumes from its own checkpoint (its output says so) and the job Succeeds."""
+    cp = control_plane
+    claim, host_dir = checkpoint_claim
+    name = "prog-deepspeed"
+    steps = 40
+    command = ["python3", "programs/train_deepspeed.py", "--steps", str(steps), "--save-every", "5", "--step-seconds", "0.5"]
+    cp.apply(program_job(name, images["examples-cpu"], claim, command, "deepspeed", slots=2), namespace=real_ns)
+    try:
+        latest = host_dir / "checkpoints" / "latest"  # DeepSpeed's save_checkpoint writes it, on the shared volume
+        cp.wait_for(lambda: latest.exists(), timeout=JOB_TIMEOUT, interval=0.5, what="the program's first checkpoint")
+        pods = worker_pods(cp, real_ns, name)
+        victim = pods[1]
+        pids = host_processes(victim["metadata"]["uid"], "train_deepspeed.py --local_rank=1")  # DeepSpeed's rank command line
+        assert len(pids) == 1, f"rank 3 (node 1, local rank 1) not found: {pids}"
+        os.kill(pids[0], signal.SIGKILL)
+        first_logs = pod_logs(cp, real_ns, pods[0]["metadata"]["name"]) + pod_logs(cp, real_ns, victim["metadata"]["name"])
+        assert world_sizes(first_logs) == {0: 4, 1: 4, 2: 4, 3: 4}, first_logs[-3000:]
+        assert "done:" not in first_logs, "the kill did not land mid-run"
+        status = cp.wait_for(lambda: (lambda s: s if s.get("failure") and s.get("restarts", 0) >= 1 else None)(
+            job_status(cp, real_ns, name)), timeout=300, what="the failure recorded and a restart")
+        failure = status["failure"]
+        assert failure["pod"] == victim["metadata"]["name"] and failure["rank"] == 1, failure
+        assert "rank 3: killed by SIGKILL" in failure["message"], failure
+        status = wait_phase(cp, real_ns, name, "Succeeded")
+        assert status["restarts"] == 1 and status["failure"]["pod"] == victim["metadata"]["name"], status
+        logs = pod_logs(cp, real_ns, worker_pods(cp, real_ns, name)[0]["metadata"]["name"])
+        resumed = [int(m.group(1)) for m in re.finditer(r"^rank 0 resumed from step (\d+) \(restart 1\)", logs, re.M)]
+        assert resumed and 5 <= resumed[0] < steps, logs[-3000:]
+        assert f"done: {steps} steps at world size 4" in logs, logs[-3000:]
+        print(f"deepspeed program: killed rank 3, failure {failure['message']!r}; resumed from step {resumed[0]}")
+    finally:
+        cp.kubectl("-n", real_ns, "delete", "ltj", name, "--wait=true", "--timeout=120s", check=False, timeout=150)
+
+
+def test_a_command_missing_from_the_image_fails_the_job_at_once_naming_it(control_plane: ControlPlane, cluster_operator,
+                                                                          images, real_ns: str):
+    """The launcher exits 5 (bad input) before anything starts: the default podFailurePolicy fails the job, no restarts."""
+    cp = control_plane
+    name = "prog-missing"
+    cp.apply(program_job(name, images["examples-cpu"], None, ["no-such-trainer", "--config", "x.yaml"], "exec", slots=1),
+             namespace=real_ns)
+    try:
+        status = wait_phase(cp, real_ns, name, "Failed", timeout=300)
+        assert not status.get("restarts"), status
+        failure = status["failure"]
+        assert failure["exitCode"] == 5, failure
+        assert "program.command: 'no-such-trainer' is not in the image" in failure["message"], failure
+    finally:
+        cp.kubectl("-n", real_ns, "delete", "ltj", name, "--wait=true", "--timeout=120s", check=False, timeout=150)
+
+
+def scrape_series(pod: dict, port: int) -> dict[str, float]:
+    """The llmtrain_* samples a pod serves on its monitoring port (the host reaches the pod network's bridge)."""
+    try:
+        with urllib.request.urlopen(f"http://{pod['status']['podIP']}:{port}/metrics", timeout=3) as response:
+            text = response.read().decode()
+    except (OSError, KeyError):
+        return {}
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(llmtrain_\w+) (\S+)$", text, re.M)}
+
+
+def test_hf_trainer_program_reports_progress_from_its_kubeflow_callback(control_plane: ControlPlane, cluster_operator,
+                                                                        images, real_ns: str, checkpoint_claim):
+    """examples/programs/train_hf_trainer.py across 2 pods (torchrun, DDP over gloo): while it runs, status.progress and
+    worker 0's llmtrain_* series carry the step, total and loss its KubeflowCallback posted; then Succeeded."""
+    cp = control_plane
+    claim, _ = checkpoint_claim
+    name = "prog-hf-trainer"
+    steps = 30
+    command = ["python3", "programs/train_hf_trainer.py", "--steps", str(steps), "--save-steps", "10", "--step-seconds", "0.5"]
+    cp.apply(program_job(name, images["examples-cpu"], claim, command, "torchrun", slots=1), namespace=real_ns)
+    try:
+        def reported() -> dict | None:
+            progress = job_status(cp, real_ns, name).get("progress") or {}
+            return progress if progress.get("step", 0) > 0 and progress.get("loss") is not None else None
+
+        progress = cp.wait_for(reported, timeout=JOB_TIMEOUT, interval=1, what="progress from the KubeflowCallback")
+        assert 0 < progress["step"] <= steps and progress["totalSteps"] == steps and progress["loss"] > 0, progress
+        pod0 = worker_pods(cp, real_ns, name)[0]
+        series = cp.wait_for(lambda: (lambda s: s if "llmtrain_step" in s else None)(scrape_series(pod0, 29600)), timeout=60,
+                             what="worker 0's llmtrain_* series")
+        assert series["llmtrain_total_steps"] == steps and 0 < series["llmtrain_step"] <= steps and series["llmtrain_loss"] > 0, series
+        status = wait_phase(cp, real_ns, name, "Succeeded")
+        assert not status.get("restarts"), status
+        assert status["progress"]["totalSteps"] == steps and status["progress"]["step"] >= progress["step"], status["progress"]
+        logs = pod_logs(cp, real_ns, pod0["metadata"]["name"])
+        assert world_sizes(logs) == {0: 2}, logs[-3000:]
+        assert f"done: {steps} steps at world size 2" in logs, logs[-3000:]
+        print(f"hf trainer program: progress while running {progress}, series {series}")
     finally:
         cp.kubectl("-n", real_ns, "delete", "ltj", name, "--wait=true", "--timeout=120s", check=False, timeout=150)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,48 @@ def test_a_failing_program_names_its_exception_in_the_termination_message(tmp_pa
                  "import sys; print('ok so far'); raise ValueError('bad shard 7')"])
     assert code == 1
     assert "ValueError: bad shard 7" in log.read_text() and "command exited with status 1" in log.read_text()
+
+
+@pytest.mark.parametrize("how, expected", [
+    ("kill", "rank 1: killed by SIGKILL"),
+    ("raise", "rank 1: ValueError: bad shard 7"),
+])
+def test_under_deepspeeds_runner_the_rank_that_failed_first_is_named(tmp_path, monkeypatch, how, expected):
+    """DeepSpeed's runner prints no rank prefix: the launcher learns from /proc which rank exited first (rank 1 here;
+    rank 0 is then terminated by the runner), instead of `? on node N`."""
+    from llm_trainer.launch import main
+
+    program = tmp_path / "fails.py"
+    program.write_text(textwrap.dedent(f"""
+        import os, signal, sys, time
+        if os.environ["RANK"] == "1":
+            time.sleep(1)  # both ranks started: the runner's own death, not a start-up failure
+            if {how!r} == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ValueError("bad shard 7")
+        time.sleep(60)
+    """))
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    port = 29500 + os.getpid() % 1000
+    code = main(["--termination-log", str(log), "--check-command", "deepspeed", "--", "deepspeed", "--num_gpus=2",
+                 f"--master_port={port}", str(program)])
+    message = log.read_text()
+    assert code != 0, message
+    assert expected in message, message
+
+
+def test_the_hf_trainer_program_trains_across_2_pods_and_resumes_from_its_checkpoint(tmp_path):
+    """examples/programs/train_hf_trainer.py under torchrun (2 "pods" × 1 rank, DDP over gloo with use_cpu=True); run
+    again on the same checkpoint dir with more steps, as a restarted gang does, it resumes with resume_from_checkpoint."""
+    example = REPO / "examples" / "programs" / "train_hf_trainer.py"
+    proc, _ = run_job(tmp_path, ["python3", str(example), "--steps", "4", "--save-steps", "2"], "torchrun", nodes=2, slots=1)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert sorted(line.split()[1] for line in output.splitlines() if line.startswith("rank ") and "of world size 2" in line) == ["0", "1"]
+    assert "done: 4 steps at world size 2" in output and "resumed from" not in output
+    proc, _ = run_job(tmp_path, ["python3", str(example), "--steps", "6", "--save-steps", "2"], "torchrun", nodes=2, slots=1)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "resumed from checkpoint-4 (restart 0)" in output and "done: 6 steps at world size 2" in output

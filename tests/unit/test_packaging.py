@@ -564,11 +564,40 @@ def test_dockerfile_targets():
     assert "PYTHONDONTWRITEBYTECODE=1" in op  # read-only root filesystem
     assert "--no-deps" in op and "operator-requirements.txt" in op
     assert "torch" not in op.lower() and "deepspeed" not in op.lower()
-    tr = st["trainer"]
-    assert re.search(r"^USER 1000:1000$", tr, re.M)
-    assert re.search(rf"useradd --uid 1000 .*--home-dir {HOME_DIR} ", tr)
+    tr, deps = st["trainer"], st["deps"]
+    assert re.search(r"^USER 1000:1000$", tr, re.M) and re.search(r"^USER 1000:1000$", deps, re.M)
+    assert re.search(rf"useradd --uid 1000 .*--home-dir {HOME_DIR} ", deps)
     assert re.search(r'\[trainer\]"', tr)  # the wheel with all its requirements (see hack/operator-requirements.py)
-    assert "torch==${TORCH_VERSION}" in tr
+    assert "torch==${TORCH_VERSION}" in deps
+
+
+def test_the_trainer_images_are_the_dependency_only_stages_plus_the_wheel():
+    """deps/deps-cpu: torch, DeepSpeed, transformers and accelerate, not our package (a user's program runs there,
+    docs/programs.md); the trainer targets add only the wheel on top, so a source change rebuilds one thin layer."""
+    st = stages()
+    parent = {name: re.match(r"FROM\s+(\S+)", text).group(1) for name, text in st.items()}  # type: ignore[union-attr]
+    assert parent["deps"] == "${CUDA_IMAGE}" and parent["deps-cpu"] == "deps"
+    assert parent["trainer"] == "deps" and parent["trainer-cpu"] == "deps-cpu" and parent["examples-cpu"] == "deps-cpu"
+    for name in ("deps-requirements", "deps", "deps-cpu"):  # nothing of our sources: cached by the dependency spec alone
+        assert "from=wheel" not in st[name] and "llm_training_operator" not in st[name], name
+        for source in re.findall(r"^COPY (?!--from)(.+) \S+$", st[name], re.M):
+            assert set(source.split()) <= {"pyproject.toml", "hack/deps-requirements.py"}, (name, source)
+    assert "-r /requirements/deps.txt" in st["deps"] and "from=deps-requirements" in st["deps"]
+    for name in ("trainer", "trainer-cpu"):
+        installs = re.findall(r"pip install [^&]*", st[name])
+        assert installs == ['pip install --no-cache-dir "$(echo /wheels/llm_training_operator-*.whl)[trainer]"'], installs
+    assert "DS_BUILD_SHM_COMM=1" in st["deps-cpu"]
+
+
+def test_deps_requirements_are_the_trainer_extra_and_the_program_libraries_pinned_by_pyproject(hack_script):
+    requirements = hack_script("deps-requirements.py").deps_requirements(REPO / "pyproject.toml")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert requirements[: len(extras["trainer"])] == extras["trainer"]
+    names = {canonicalize_name(Requirement(r).name): r for r in requirements}
+    assert {"torch", "deepspeed", "transformers", "accelerate"} <= names.keys()
+    assert names["transformers"] in extras["test"] and names["accelerate"] in extras["test"]  # the versions the tests use
+    assert "llm-training-operator" not in names
+    closure(requirements)  # and this venv has them, at those versions
 
 
 def test_dockerfile_torch_and_cuda_agree():
@@ -634,15 +663,15 @@ def test_trainer_stage_provides_what_the_worker_pods_run():
     assert {d[0] for d in deepspeed} == {"deepspeed"}
     assert {d[d.index("--module") + 1] for d in deepspeed} == {"llm_trainer.worker"}
 
-    packages = apt_packages("trainer")
+    packages = apt_packages("deps")  # the trainer stages are built on it
     for path, package in SYSTEM_PATHS.items():
-        assert package in packages, f"{path}: the trainer stage must apt-get install {package}"
+        assert package in packages, f"{path}: the deps stage must apt-get install {package}"
         if Path(path).exists() and shutil.which("dpkg"):  # the map is right where this machine can tell
             owner = subprocess.run(["dpkg", "-S", path], capture_output=True, text=True).stdout.split(":")[0]
             assert owner == package, f"{path} belongs to {owner}, not {package}"
     assert "python3-dev" in packages  # Python.h for the JIT builds
 
-    tr = stages()["trainer"]
+    tr = stages()["deps"]
     for pod in pods:
         spec = pod["spec"]
         container = spec["containers"][0]

@@ -41,6 +41,7 @@ from .errortail import StderrTail, failing_rank_error, node_rank
 from .outcome import decide_outcome, signal_name
 from .peers import Peer, describe_missing, wait_for_peers
 from .progress import close_progress, start_progress
+from .rankwatch import RankWatch, descendants
 from .sshmode import check_ssh, serve_sshd_only, start_sshd
 from .supervisor import Supervisor, become_subreaper
 from .termination import termination_message, write_termination_log
@@ -127,12 +128,14 @@ def run_command(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
     marker_dir = clear_markers(args.marker_dir) if args.marker_dir else None
     env = {**command_env(args), **getattr(args, "progress_env", {})}
     log("info", "starting command", argv=args.command, marker_dir=args.marker_dir)
-    tail = None
+    tail, watch = None, None
     try:
         if args.check_command:  # a user's program: its errors are read from its stderr (errortail)
             sup.command = sup.spawn(args.command, env=env, stderr=subprocess.PIPE)
             assert sup.command.stderr is not None
             tail = StderrTail(sup.command.stderr)
+            root = sup.command.pid
+            watch = RankWatch(list_pids=lambda: descendants(root)).start()  # which rank exits first: the runner's output may not say
         else:
             sup.command = sup.spawn(args.command, env=env)
     except OSError as e:
@@ -140,13 +143,16 @@ def run_command(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
     started = time.monotonic()
     returncode = sup.wait(sup.command)
     assert returncode is not None  # wait() returns once the command exited
+    if watch is not None:
+        watch.stop()
     log("info", "command exited", returncode=returncode, runtime_s=round(time.monotonic() - started, 1))
     sup.drain(timeout=None if sup.received else args.linger_timeout)
     release_allreduce_buffers(*master_of(args.command))  # ranks killed by a signal leave theirs behind
     if marker_dir is None:
         if tail is not None:
             tail.join()
-        rank_error = failing_rank_error(list(tail.lines), node_rank()) if tail is not None and returncode != 0 else None
+        first = watch.first_failure() if watch is not None else None
+        rank_error = failing_rank_error(list(tail.lines), node_rank(), first) if tail is not None and returncode != 0 else None
         return decide_outcome(returncode, None, sup.received, rank_error=rank_error)
     return decide_outcome(returncode, (marker_dir / COMPLETE_MARKER).exists(), sup.received,
                           markers.read(marker_dir, PREEMPTED_MARKER), markers.first_error(marker_dir))

@@ -1,8 +1,9 @@
 """A user's program writes none of our error markers: its failure is read from the tail of its stderr.
 
 The launcher passes the command's stderr through (the pod log stays whole) and keeps the last lines; on a
-failure the termination message carries the last exception line and, when the output says, the failing rank
-(torch's `[rankN]:` prefixes, torchrun's failure summary `rank : N`), else this pod's node rank.
+failure the termination message carries the last exception line and the failing rank: from the output when it
+says (torch's `[rankN]:` prefixes, torchrun's failure summary `rank : N`), else the rank that the launcher saw
+exit first (rankwatch.py: DeepSpeed's runner prints no prefix), else `? on node N`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import re
 import sys
 import threading
 from typing import IO, Optional
+
+from .outcome import signal_name
+from .rankwatch import RankExit
 
 TAIL_LINES = 400
 _RANK_PREFIX = re.compile(r"^\[rank(\d+)\]:\s?")
@@ -43,8 +47,10 @@ class StderrTail:
         self._thread.join(timeout)
 
 
-def failing_rank_error(lines: list[str], node_rank: Optional[str] = None) -> Optional[dict]:
-    """{"rank", "error"} from a failed program's stderr tail: the last exception line and who raised it."""
+def failing_rank_error(lines: list[str], node_rank: Optional[str] = None, first: Optional[RankExit] = None) -> Optional[dict]:
+    """{"rank", "error"} from a failed program's stderr tail: the last exception line and who raised it. `first`:
+    the rank the launcher saw fail first, for output without rank prefixes (its exception is the first one printed;
+    killed by a signal, it printed none: the signal is the error)."""
     error, rank = None, None
     for line in reversed(lines):
         prefix = _RANK_PREFIX.match(line)
@@ -57,12 +63,17 @@ def failing_rank_error(lines: list[str], node_rank: Optional[str] = None) -> Opt
                 rank = summary.group(1)
         if error is not None and rank is not None:
             break
+    if rank is None:
+        rank = next((m.group(1) for m in map(_SUMMARY_RANK.match, lines) if m), None)
+    if rank is None and first is not None:
+        if first.returncode is not None and first.returncode < 0:
+            return {"rank": first.rank, "error": f"killed by {signal_name(-first.returncode)}"}
+        own = next((line.strip() for line in lines if _EXCEPTION.match(line.strip())), None)
+        if own is not None or first.returncode is not None:
+            return {"rank": first.rank, "error": own or f"exited with status {first.returncode}"}
     if error is None:
         return None
-    if rank is None:
-        from_summary = next((m.group(1) for m in map(_SUMMARY_RANK.match, lines) if m), None)
-        rank = from_summary or (f"? on node {node_rank}" if node_rank is not None else "?")
-    return {"rank": rank, "error": error}
+    return {"rank": rank or (f"? on node {node_rank}" if node_rank is not None else "?"), "error": error}
 
 
 def node_rank() -> Optional[str]:
