@@ -4,6 +4,8 @@ checkpoint, resume on another world size and evaluate with adapters."""
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +20,7 @@ from llm_trainer.hf import save_hf_model
 from llm_trainer.model import ModelConfig, build_model
 from llm_trainer.preflight import PreflightError, check
 
-from trainer_testlib import write_job
+from trainer_testlib import run_ranks, write_job
 
 pytestmark = pytest.mark.trainer
 
@@ -121,3 +123,104 @@ def test_validate_names_the_field_and_the_model_before_building_one(tmp_path, mo
     assert info.value.problems == [f"training.lora.targetModules: 'query' matches no linear layer of the model (its linear layers "
                                    f"are named down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj; or use "
                                    f"all-linear) ({base / 'config.json'})"]
+
+
+# ------------------------------------------------------------------------------ training runs (2 CPU ranks)
+RUN_MODEL = ModelConfig("llama", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, ffn_hidden=64, seq_len=32, vocab_size=256,
+                        tie_embeddings=False)
+RESIZE_REL = 1e-5  # as test_trainer_resize.py: another grouping of the same global batch, float32 rounding only
+
+
+def lora_job(d: Path) -> Path:
+    """LoRA on a tiny Llama, evaluated every 2 steps: the held-out loss is lowest at step 8 and does not improve at 10 and 12,
+    so earlyStopping (patience 2) ends the run at step 12 of 16, with step 8's adapters the model."""
+    base = d / "base"
+    if not base.exists():
+        hf_base(RUN_MODEL, base)
+    return write_job(d, {"spec": {"model": {"preset": None, "huggingFacePath": str(base)},
+                                  "training": {"steps": 16, "evalIntervalSteps": 2, "evalSteps": 2, "lora": {"rank": 4, "alpha": 8},
+                                               "learningRate": 0.05, "earlyStopping": {"patience": 2}},
+                                  "export": {"mergeLora": True}, "checkpoint": {"intervalSteps": 4, "keep": 1}}})
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("lora")
+    run = run_ranks(lora_job(d), d / "out")
+    assert run.codes == [0, 0], run.log_tail()
+    return run
+
+
+def adapter_tensors(tag_dir: Path) -> dict[str, torch.Tensor]:
+    module = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    return {lora.PEFT_PREFIX + k: v for k, v in lora.split_state(module)[1].items()}
+
+
+def test_an_early_stopped_run_exports_its_best_evaluation_and_keeps_its_checkpoint(lora_run):
+    summary = lora_run.summary
+    evaluations = {e["step"]: e["loss"] for e in summary["eval_losses"]}
+    assert sorted(evaluations) == [2, 4, 6, 8, 10, 12]  # stopped after the evaluation at 12, of 16 steps
+    best_step = min(evaluations, key=evaluations.__getitem__)
+    assert best_step == 8 and evaluations[10] > evaluations[8] and evaluations[12] > evaluations[8]  # the run the test needs
+    assert (summary["steps"], summary["total_steps"], summary["stop_reason"]) == (12, 16, "EarlyStopped")
+    assert (summary["best_eval_step"], summary["best_eval_loss"], summary["best_checkpoint"]) == (8, evaluations[8], "global_step8")
+    final = json.loads((lora_run.out / "markers" / "final.json").read_text())  # → the pod's termination message
+    assert (final["stopReason"], final["bestEvalStep"], final["bestEvalLoss"], final["step"]) == ("EarlyStopped", 8, evaluations[8], 12)
+    checkpoints = lora_run.out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("global_step*")) == ["global_step12", "global_step8"]  # keep 1, and the best
+    exported = load_file(str(Path(summary["model"]) / lora.ADAPTER_WEIGHTS))
+    best, last = adapter_tensors(checkpoints / "global_step8"), adapter_tensors(checkpoints / "global_step12")
+    assert exported.keys() == best.keys()
+    assert all(torch.equal(exported[k], best[k]) for k in best)
+    assert any(not torch.equal(exported[k], last[k]) for k in last)
+
+
+def test_a_lora_run_resumes_on_another_world_size(lora_run, tmp_path):
+    """Stopped at step 6 on 2 ranks, resumed on 1 (a universal checkpoint of the adapters' optimizer shards): the same
+    losses, the same evaluations and the same early stop as the uninterrupted run."""
+    job = lora_job(tmp_path)
+    first = run_ranks(job, tmp_path / "out", world=2, args=("--stop-at-step", "6"))
+    assert first.codes == [0, 0], first.log_tail()
+    second = run_ranks(job, tmp_path / "out", world=1)
+    assert second.codes == [0], second.log_tail()
+    assert second.summary["resumed_from"] == "global_step6" and "written by 2 data-parallel ranks" in second.summary["resized"]
+    expected = lora_run.losses
+    assert sorted(second.losses) == list(range(7, 13))
+    for step, loss in second.losses.items():
+        assert loss == pytest.approx(expected[step], rel=RESIZE_REL), f"step {step}: {loss} vs uninterrupted {expected[step]}"
+    assert (second.summary["stop_reason"], second.summary["best_eval_step"]) == ("EarlyStopped", 8)
+
+
+def test_a_lora_run_exports_an_adapter_peft_loads_with_the_trained_logits(lora_run):
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    model_dir = Path(lora_run.summary["model"])
+    config = json.loads((model_dir / lora.ADAPTER_CONFIG).read_text())
+    assert (config["r"], config["lora_alpha"], config["peft_type"]) == (4, 8.0, "LORA")
+    base = Path(config["base_model_name_or_path"])
+    idx = torch.randint(0, RUN_MODEL.vocab_size, (2, RUN_MODEL.seq_len), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        hf = transformers.AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
+        plain = hf(idx).logits
+        adapted = peft.PeftModel.from_pretrained(hf, model_dir).eval()(idx).logits
+        merged = transformers.AutoModelForCausalLM.from_pretrained(model_dir / lora.MERGED, torch_dtype=torch.float32)(idx).logits
+    assert (adapted - plain).abs().max() > 1e-3  # training moved the adapters
+    torch.testing.assert_close(adapted, merged, atol=1e-5, rtol=0)
+
+
+def test_a_lora_run_trains_only_the_adapters(lora_run):
+    """The base weights in the checkpoint are the source's, bit for bit; the optimizer holds the adapters' state only."""
+    adapters = 2 * sum(4 * (i + o) for i, o in ((32, 32), (32, 16), (32, 16), (32, 32), (32, 64), (32, 64), (64, 32)))
+    assert lora_run.summary["trainable_parameters"] == adapters
+    tag = lora_run.out / "checkpoints" / lora_run.summary["tag"]
+    module = torch.load(tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    source = load_file(str(Path(json.loads((Path(lora_run.summary["model"]) / lora.ADAPTER_CONFIG).read_text())["base_model_name_or_path"])
+                           / "model.safetensors"))
+    base, trained = lora.split_state(module)
+    assert base.keys() == source.keys() and all(torch.equal(base[k], source[k]) for k in source)
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in trained.items())  # they trained
+    optimizer_elements = 0
+    for shard in sorted(tag.glob("*zero_pp_rank_*_optim_states.pt")):
+        state = torch.load(shard, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        optimizer_elements += sum(t.numel() for t in state["single_partition_of_fp32_groups"])
+    assert adapters <= optimizer_elements < adapters + 64  # ZeRO pads each rank's partition; a frozen base would add 40k
