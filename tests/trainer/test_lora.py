@@ -224,3 +224,30 @@ def test_a_lora_run_trains_only_the_adapters(lora_run):
         state = torch.load(shard, map_location="cpu", weights_only=False)["optimizer_state_dict"]
         optimizer_elements += sum(t.numel() for t in state["single_partition_of_fp32_groups"])
     assert adapters <= optimizer_elements < adapters + 64  # ZeRO pads each rank's partition; a frozen base would add 40k
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_lora_trains_under_zero_stage(stage, tmp_path):
+    """ZeRO 0 and 2 (ZeRO 1 is lora_run's): the adapters train, the base stays, PEFT loads the export onto the source."""
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    base = hf_base(RUN_MODEL, tmp_path / "base")
+    job = write_job(tmp_path, {"spec": {"model": {"preset": None, "huggingFacePath": str(base)},
+                                        "training": {"steps": 3, "zeroStage": stage, "lora": {"rank": 2, "targetModules": ["q_proj", "v_proj"]}},
+                                        "export": {"mergeLora": True}, "checkpoint": {"intervalSteps": 0}}})
+    run = run_ranks(job, tmp_path / "out")
+    assert run.codes == [0, 0], run.log_tail()
+    assert run.summary["trainable_parameters"] == 2 * (2 * (32 + 32) + 2 * (32 + 16))
+    model_dir = Path(run.summary["model"])
+    idx = torch.randint(0, RUN_MODEL.vocab_size, (1, RUN_MODEL.seq_len), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        hf = transformers.AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
+        plain = hf(idx).logits
+        adapted = peft.PeftModel.from_pretrained(hf, model_dir).eval()(idx).logits
+        merged = transformers.AutoModelForCausalLM.from_pretrained(model_dir / lora.MERGED, torch_dtype=torch.float32)(idx).logits
+    assert (adapted - plain).abs().max() > 1e-4
+    torch.testing.assert_close(adapted, merged, atol=1e-5, rtol=0)
+    merged_weights = load_file(str(model_dir / lora.MERGED / "model.safetensors"))
+    source = load_file(str(base / "model.safetensors"))
+    changed = {k for k in source if not torch.equal(merged_weights[k], source[k])}
+    assert changed == {f"model.layers.{i}.self_attn.{p}.weight" for i in range(2) for p in ("q_proj", "v_proj")}
