@@ -26,6 +26,10 @@ pytestmark = pytest.mark.trainer
 
 LLAMA = ModelConfig("llama", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, ffn_hidden=64, seq_len=32, vocab_size=64,
                     tie_embeddings=False)
+QWEN2 = ModelConfig("qwen2", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, ffn_hidden=64, seq_len=32, vocab_size=64,
+                    tie_embeddings=True, qkv_bias=True)  # biased q/k/v under the adapters, tied head (Qwen2.5-0.5B)
+QWEN3 = ModelConfig("qwen3", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, ffn_hidden=64, seq_len=32, vocab_size=64,
+                    tie_embeddings=False, qk_norm=True, head_dim_override=16)
 GPT = ModelConfig("gpt", n_layers=2, d_model=32, n_heads=4, n_kv_heads=4, ffn_hidden=64, seq_len=32, vocab_size=64,
                   tie_embeddings=True)
 
@@ -53,7 +57,8 @@ def trained_adapters(cfg: ModelConfig, spec) -> tuple[torch.nn.Module, list[str]
 
 
 @pytest.mark.parametrize("cfg,targets", [(LLAMA, ["all-linear"]), (LLAMA, ["q_proj", "v_proj"]), (GPT, ["all-linear"]),
-                                         (GPT, ["c_attn"])], ids=["llama-all-linear", "llama-q-v", "gpt2-all-linear", "gpt2-c_attn"])
+                                         (GPT, ["c_attn"]), (QWEN2, ["all-linear"]), (QWEN3, ["all-linear"])],
+                         ids=["llama-all-linear", "llama-q-v", "gpt2-all-linear", "gpt2-c_attn", "qwen2-all-linear", "qwen3-all-linear"])
 def test_adapter_loads_in_peft_with_the_same_logits(tmp_path, cfg, targets):
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
