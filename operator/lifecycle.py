@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Mapping, Optional, Sequence
 
 from .api import LLMTrainingJob
-from .api.contract import parse_final_state
+from .api.contract import EARLY_STOPPED, parse_final_state
 from .clock import parse_time, rfc3339, seconds_between
 from .conditions import (CREATED, FAILED, GANG_SCHEDULED, PROGRESS_STALLED, QUEUED, RESTARTING, RUNNING, SUCCEEDED, SUSPENDED,
                          TOPOLOGY_PLACED, find, is_true)
@@ -155,7 +155,7 @@ def total_steps(job: LLMTrainingJob, reported: Optional[Mapping[str, Any]], prev
     return None
 
 
-REPORTED_VALUES = ("loss", "tokensPerSecond", "mfu", "evalLoss")  # copied into status.progress, rounded
+REPORTED_VALUES = ("loss", "tokensPerSecond", "mfu", "evalLoss", "bestEvalLoss", "bestEvalStep")  # copied into status.progress, rounded
 STATUS_DIGITS = 4  # significant digits: `kubectl get ltj` shows 2.238, not 2.2378828525543213 (printer columns cannot format)
 
 
@@ -443,14 +443,19 @@ def _succeed(d: Draft, pods: Sequence[Pod]) -> Decision:
     nodes, total = job.spec.nodes, d.status["progress"].get("totalSteps")
     launcher_only = job.spec.launcher.mode == "ssh" and not all(has_succeeded(p) for p in pods)
     message = "training finished: " + ("the launcher (worker 0) exited 0" if launcher_only else f"all {nodes} workers exited 0")
+    reason = "JobSucceeded"
+    if (d.final_state or {}).get("stopReason") == EARLY_STOPPED:  # training.earlyStopping ended it before spec.training.steps
+        reason, final = EARLY_STOPPED, d.final_state or {}
+        message = (f"training stopped early at step {final.get('step')}: the held-out loss stopped improving (best "
+                   f"{final.get('bestEvalLoss')} at step {final.get('bestEvalStep')}, the exported model); {message.removeprefix('training finished: ')}")
     d.phase = "Succeeded"
     d.status["completionTime"] = d.stamp
     # an image without the final state: the last scrape predates the end (a program that reported nothing: no step)
     if d.final_state is None and d.status["progress"]["stepOfTotal"] != NOT_REPORTED and total is not None:
         d.status["progress"] = {**d.status["progress"], "step": total, "stepOfTotal": f"{total}/{total}"}
-    d.clear(RESTARTING, "JobSucceeded", message)
-    d.condition(RUNNING, "False", "JobSucceeded", message)
-    d.condition(SUCCEEDED, "True", "JobSucceeded", message)
+    d.clear(RESTARTING, reason, message)
+    d.condition(RUNNING, "False", reason, message)
+    d.condition(SUCCEEDED, "True", reason, message)
     if d.final_state and d.final_state.get("resized"):  # the trainer resumed through a universal checkpoint
         d.events.append(Event("Normal", "ResumedOnAnotherWorldSize", str(d.final_state["resized"])))
     return _finished(d, pods)

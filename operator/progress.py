@@ -23,6 +23,8 @@ FIELDS = {
     "llmtrain_tokens_per_second": "tokensPerSecond",
     "llmtrain_mfu": "mfu",
     "llmtrain_eval_loss": "evalLoss",
+    "llmtrain_best_eval_loss": "bestEvalLoss",
+    "llmtrain_best_eval_step": "bestEvalStep",
     "llmtrain_last_checkpoint_step": "lastCheckpointStep",
 }
 
@@ -42,7 +44,7 @@ def parse_progress(text: str) -> dict[str, Any]:
             if key is not None:
                 if not math.isfinite(sample.value):  # a diverged loss is NaN; JSON (and the status) cannot hold it
                     continue
-                found[key] = int(sample.value) if key in ("step", "totalSteps", "lastCheckpointStep") else round(sample.value, 6)
+                found[key] = int(sample.value) if key in ("step", "totalSteps", "lastCheckpointStep", "bestEvalStep") else round(sample.value, 6)
     return found
 
 

@@ -92,7 +92,8 @@ class CheckpointManager:
                     shutil.rmtree(p, ignore_errors=True)
         self.barrier()
 
-    def save(self, engine, step: int, client_state: dict[str, Any]) -> str:
+    def save(self, engine, step: int, client_state: dict[str, Any], protect: tuple[str, ...] = ()) -> str:
+        """protect: tags kept whatever their age (the best evaluation's checkpoint)."""
         tag = tag_for(step)
         engine.save_checkpoint(str(self.dir), tag=tag, client_state={CLIENT_KEY: client_state}, save_latest=False)
         # save_checkpoint ends with a barrier: every rank has written (and closed) its files
@@ -101,15 +102,16 @@ class CheckpointManager:
         if self.commits:  # save_checkpoint's barrier: every rank of every node has written this tag
             atomic_write(self.dir / tag / COMPLETE, f"{step}\n")
             atomic_write(self.dir / LATEST, tag)
-            self.prune(protect=tag)
+            self.prune(protect=(tag, *protect))
         self.barrier()
         return tag
 
-    def prune(self, protect: str) -> None:
-        """Keep the newest `keep` complete checkpoints (and the one just committed)."""
+    def prune(self, protect: tuple[str, ...]) -> None:
+        """Keep the newest `keep` complete checkpoints besides the protected ones (the one just committed, the best)."""
         tags = self.complete_tags()
-        for tag in tags[:max(0, len(tags) - self.keep)]:
-            if tag != protect:
+        kept = set(tags[-self.keep:]) | set(protect)
+        for tag in tags:
+            if tag not in kept:
                 shutil.rmtree(self.dir / tag, ignore_errors=True)
 
     def load(self, engine, tag: str, notify=lambda message: None) -> dict[str, Any]:

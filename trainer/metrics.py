@@ -55,6 +55,8 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("llmtrain_grad_norm", "gauge", (), "Global gradient norm of the last logged step (before clipping)."),
     ("llmtrain_eval_loss", "gauge", (), "Loss on the held-out data at the last evaluation, mean over its tokens and the ranks; absent before the first."),
     ("llmtrain_eval_perplexity", "gauge", (), "exp(llmtrain_eval_loss): held-out perplexity at the last evaluation; absent before the first."),
+    ("llmtrain_best_eval_loss", "gauge", (), "Lowest held-out loss of the run so far (its checkpoint is kept and exported); absent before the first evaluation."),
+    ("llmtrain_best_eval_step", "gauge", (), "Step of llmtrain_best_eval_loss."),
     ("llmtrain_tokens_per_second", "gauge", (), "Training throughput of all ranks over the last logging interval."),
     ("llmtrain_mfu", "gauge", (), "Model FLOPs utilization (PaLM FLOPs per token) over the last logging interval, 0-1; absent where the peak is unknown (CPU, unrecognised GPU)."),
     ("llmtrain_gpu_memory_bytes", "gauge", (), "Peak accelerator memory allocated, maximum over the ranks."),
@@ -118,6 +120,8 @@ class Metrics:
         self.grad_norm = gauges["llmtrain_grad_norm"]
         self.eval_loss = gauges["llmtrain_eval_loss"]
         self.eval_perplexity = gauges["llmtrain_eval_perplexity"]
+        self.best_eval_loss = gauges["llmtrain_best_eval_loss"]
+        self.best_eval_step = gauges["llmtrain_best_eval_step"]
         self.tokens_per_second = gauges["llmtrain_tokens_per_second"]
         self.mfu = gauges["llmtrain_mfu"]
         self.gpu_memory_bytes = gauges["llmtrain_gpu_memory_bytes"]

@@ -13,6 +13,7 @@ DeepSpeed engine were built. Each problem names the manifest field and the file:
   chat, promptCompletion  every row has its fields (messages with known roles and an assistant turn; prompt and
                           completion); the first PREFLIGHT_EXAMPLES rows of each file render with the chat template
                           and tokenize (the trainer renders every row, before it builds the model, with the same errors)
+  training.lora           every targetModules entry names linear layers of the model
 
 `llm-train validate` runs where the manifest is written, where the pods' volumes are not: a path on a volume the
 spec mounts (data.volume, checkpoint.volume, podTemplate.volumeMounts) whose mount point does not exist here is
@@ -90,6 +91,7 @@ class _Checks:
         vocab, seq_len = self.model_sizes()
         self.report.vocab_size, self.report.seq_len = vocab, seq_len
         self.tokenizer(vocab)
+        self.lora_targets(seq_len)
         if spec.data.format != "synthetic" and seq_len is not None:
             files = self.data_files("data.paths", spec.data.paths)
             windows = self.token_files("data.paths", files, seq_len)
@@ -106,6 +108,22 @@ class _Checks:
                                  f"model.seqLen + 1 = {seq_len + 1} tokens (a file's only window is never held out)")
 
     # -- model
+    def lora_targets(self, seq_len: Optional[int]) -> None:
+        """training.lora.targetModules against the model's module names (a model on the meta device: no weights)."""
+        lora, m = self.spec.training.lora, self.spec.model_spec
+        if lora is None or seq_len is None or not m.hugging_face_path:  # seq_len None: the model's config was not readable
+            return
+        from .hf import config_from_hf
+        from .lora import check_targets
+
+        config = os.path.join(m.hugging_face_path, "config.json")
+        with open(config) as f:
+            cfg = config_from_hf(json.load(f), seq_len=m.seq_len)
+        try:
+            check_targets(cfg, lora.target_modules)
+        except ValueError as exc:
+            self.problem(f"{exc} ({config})")
+
     def model_sizes(self) -> tuple[Optional[int], Optional[int]]:
         """(vocab size, seq len) of the model; from config.json for a Hugging Face model."""
         m = self.spec.model_spec

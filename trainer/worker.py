@@ -25,7 +25,7 @@ from llm_operator.api.contract import FINAL_SCRAPE_ENV, RESTART_ENV
 from llm_operator.api.v1alpha1 import SFT_FORMATS, LLMTrainingJob, LLMTrainingJobSpec, check_pipeline_layers
 
 from . import markers, preflight
-from .checkpoint import COMPLETE, CheckpointManager, Preemption
+from .checkpoint import COMPLETE, CheckpointManager, Preemption, tag_for
 from .data import Loader, Source, build_loader
 from .engine import Dist, build_engine, init_distributed
 from .export import copy_tokenizer, source_max_positions, trained_special_tokens
@@ -40,6 +40,8 @@ from .sft.dataset import SFTSource
 from .sft.evaluation import SFTEvaluation, sft_eval_batches
 from .sft.loader import SFTLoader, build_sft_loader, sft_sources
 from .sft.loss import micro_batch_loss
+from . import lora as lora_adapters
+from .early_stopping import EARLY_STOPPED, best_evaluation, should_stop
 
 SUMMARY = "summary.json"
 
@@ -106,6 +108,8 @@ class Trainer:
         self.final_tokens_per_second: Optional[float] = None
         self.own_grad_norm: Optional[torch.Tensor] = None  # ZeRO 0: the step's gradient norm, taken before DeepSpeed clears it
         self.resized: Optional[str] = None  # resumed through a universal checkpoint on another data-parallel size
+        self.stop_reason: Optional[str] = None  # EarlyStopped: the held-out loss stopped improving (training.earlyStopping)
+        self.lora_targets: list[str] = []  # module names with adapters (training.lora)
 
     # ------------------------------------------------------------------------------------- setup
     def barrier(self) -> None:
@@ -135,6 +139,9 @@ class Trainer:
         model = build_model(self.cfg, seed=t.seed, device="cpu" if t.pipeline_stages > 1 else d.device)
         if spec.model_spec.hugging_face_path:
             load_hf_weights(model, spec.model_spec.hugging_face_path)
+        if t.lora is not None:  # the base frozen, adapters on the targets: only they reach the optimizer
+            self.lora_targets = lora_adapters.apply_lora(model, t.lora, seed=t.seed)
+        self.trainable_parameters = lora_adapters.trainable_parameters(model)
         self.stages = t.pipeline_stages
         if self.stages > 1:  # this rank's stage of the same weights (pipeline.py)
             check_pipeline_layers(self.cfg.n_layers, self.stages, t.pipeline_partition)
@@ -194,7 +201,8 @@ class Trainer:
             self.bar = tqdm(total=self.total, desc=self.job.metadata.name, unit="step", dynamic_ncols=True)
         if d.is_main:
             log_json({"event": "start", "job": self.job.metadata.name, "world_size": d.world_size,
-                      "parameters": count_params(self.cfg), "flops_per_token": self.flops_per_token,
+                      "parameters": count_params(self.cfg), "trainable_parameters": self.trainable_parameters,
+                      "flops_per_token": self.flops_per_token,
                       "micro_batch": self.micro, "accumulation": self.accumulation, "global_batch": self.global_batch,
                       "seq_len": self.cfg.seq_len, "zero_stage": info["zero_stage"], "precision": t.precision,
                       "pipeline_stages": self.stages, "data_parallel": dp_size,
@@ -224,6 +232,7 @@ class Trainer:
                                (self.metrics.eval_loss, "eval_loss"), (self.metrics.eval_perplexity, "eval_perplexity")):
                 gauge.set(self.last_logged.get(key))  # true of the checkpoint's step; throughput waits for a measurement
             self.eval_history = state.get("eval_history") or []
+            self.publish_best()
             if self.dist.is_main:
                 log_json({"event": "resume", "tag": tag, "step": self.step})
         self.metrics.step.set(self.step)
@@ -356,16 +365,43 @@ class Trainer:
         self.eval_history.append({"step": self.step, "loss": eval_loss, "perplexity": eval_perplexity})
         self.metrics.eval_loss.set(eval_loss)
         self.metrics.eval_perplexity.set(eval_perplexity)
+        self.publish_best()
         if self.progress:
-            self.progress.update(step=self.step, evalLoss=eval_loss, evalPerplexity=eval_perplexity)
+            self.progress.update(step=self.step, evalLoss=eval_loss, evalPerplexity=eval_perplexity, **self.best_state())
         if self.dist.is_main:
             log_json({"event": "eval", "step": self.step, "eval_loss": eval_loss, "eval_perplexity": eval_perplexity,
                       "eval_samples": self.evaluation.samples, "eval_time": time.perf_counter() - started}, self.bar)
         self.interval_start += time.perf_counter() - started  # the next throughput figure is of training alone
 
+    def after_evaluation(self) -> bool:
+        """A new best evaluation gets its checkpoint (kept beside the newest `keep`, exported at the end); True when
+        training.earlyStopping says the held-out loss stopped improving."""
+        best = best_evaluation(self.eval_history)
+        if best is not None and best.step == self.step and not (self.last_checkpoint and self.last_checkpoint["step"] == self.step):
+            self.save()
+        stopping = self.t.early_stopping
+        if stopping is None or self.step >= self.total:
+            return False
+        decided = torch.tensor([int(should_stop(self.eval_history, stopping.patience, stopping.min_delta))])
+        torch.distributed.broadcast(decided, src=0)  # one decision for every rank, whatever its float rounding
+        if decided.item():
+            self.stop_reason = EARLY_STOPPED
+            if self.dist.is_main:
+                log_json({"event": "early-stop", "step": self.step, "patience": stopping.patience, "min_delta": stopping.min_delta,
+                          "best_eval_loss": best.loss if best else None, "best_eval_step": best.step if best else None}, self.bar)
+        return bool(decided.item())
+
+    def best_tag(self) -> Optional[str]:
+        """The checkpoint of the best evaluation, if the run evaluated and it is complete."""
+        best = best_evaluation(self.eval_history) if self.evaluation is not None else None
+        if best is None or not self.checkpoints.is_complete(tag_for(best.step)):
+            return None
+        return tag_for(best.step)
+
     def checkpoint_due(self) -> bool:
         every = self.spec.checkpoint.interval_steps
-        return every > 0 and self.step % every == 0 and self.step < self.total
+        saved_here = self.last_checkpoint is not None and self.last_checkpoint["step"] == self.step  # the best evaluation's
+        return every > 0 and self.step % every == 0 and self.step < self.total and not saved_here
 
     def stop_requested(self) -> bool:
         if self.args.stop_at_step is not None and self.step >= self.args.stop_at_step:
@@ -383,9 +419,10 @@ class Trainer:
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.checkpoint_time(tag)))}
 
     def save(self) -> str:
+        best = self.best_tag()
         tag = self.checkpoints.save(self.engine, self.step, {
             "step": self.step, "data": self.loader.state_dict(), "initial_loss": self.initial_loss, "last_logged": self.last_logged,
-            "eval_history": self.eval_history})
+            "eval_history": self.eval_history}, protect=(best,) if best else ())
         self.last_checkpoint = self.checkpoint_status(tag)
         self.metrics.checkpoint_done(self.step, self.checkpoint_time(tag))
         if self.progress:
@@ -426,14 +463,29 @@ class Trainer:
         path = None
         if self.dist.is_main:
             assert state is not None
-            path = save_hf_model(self.cfg, state, self.args.export_dir or self.out / "model",
-                                 tokens=trained_special_tokens(self.spec, self.cfg.vocab_size),
+            target = self.args.export_dir or self.out / "model"
+            tokens = trained_special_tokens(self.spec, self.cfg.vocab_size)
+            if self.t.lora is not None:  # a PEFT adapter for the source model, and with export.mergeLora the merged model
+                path = lora_adapters.export_adapter(self.cfg, state, target, self.t.lora, self.lora_targets,
+                                                    base_model=self.spec.model_spec.hugging_face_path, merge=self.spec.export.merge_lora,
+                                                    tokens=tokens, max_position_embeddings=source_max_positions(self.spec))
+                copy_tokenizer(self.spec, path)
+                if self.spec.export.merge_lora:
+                    copy_tokenizer(self.spec, path / lora_adapters.MERGED)
+                return path
+            path = save_hf_model(self.cfg, state, target, tokens=tokens,
                                  max_position_embeddings=source_max_positions(self.spec))
             copy_tokenizer(self.spec, path)  # so that the exported directory can be used as is
         return path
 
     def finish(self) -> int:
         tag = self.save_final()
+        best = self.best_tag()
+        if best is not None and best != tag:  # the best evaluation's weights are the model, not the last step's
+            # a whole load, as a resume does: DeepSpeed's load_module_only would read `latest` (the final tag) under ZeRO-3
+            self.checkpoints.load(self.engine, best)
+            if self.dist.is_main:
+                log_json({"event": "export-best", "tag": best}, self.bar)
         model_dir = self.export()
         self.barrier()  # every rank finished training, checkpointing and exporting
         self.end("complete", tag)
@@ -441,7 +493,7 @@ class Trainer:
             markers.write(self.marker_dir, markers.COMPLETE, {"step": self.step, "tag": tag})
         if self.dist.is_main:
             self.write_summary(tag, model_dir)
-            log_json({"event": "complete", "step": self.step, "tag": tag, "model": str(model_dir)})
+            log_json({"event": "complete", "step": self.step, "tag": tag, "model": str(model_dir), "stop_reason": self.stop_reason})
         return 0
 
     def run_tokens_per_second(self) -> Optional[float]:
@@ -460,7 +512,17 @@ class Trainer:
             markers.write(self.marker_dir, markers.FINAL, {
                 "step": self.step, "totalSteps": self.total, "loss": self.last_logged.get("loss"), "evalLoss": self.last_logged.get("eval_loss"),
                 "tokensPerSecond": self.final_tokens_per_second, "outcome": outcome, "resized": self.resized,
+                "stopReason": self.stop_reason, **self.best_state(),
                 "lastCheckpoint": {"step": self.step, "tag": tag}})
+
+    def publish_best(self) -> None:
+        best = self.best_state()
+        self.metrics.best_eval_loss.set(best.get("bestEvalLoss"))
+        self.metrics.best_eval_step.set(best.get("bestEvalStep"))
+
+    def best_state(self) -> dict[str, Any]:
+        best = best_evaluation(self.eval_history)
+        return {"bestEvalLoss": best.loss, "bestEvalStep": best.step} if best else {}
 
     def write_summary(self, tag: str, model_dir: Optional[Path]) -> None:
         summary = {"job": self.job.metadata.name, "steps": self.step, "total_steps": self.total,
@@ -470,7 +532,9 @@ class Trainer:
                    "world_size": self.dist.world_size, "parameters": count_params(self.cfg),
                    "flops_per_token": self.flops_per_token, "losses": self.history, "resized": self.resized,
                    "eval_loss": self.last_logged.get("eval_loss"), "eval_perplexity": self.last_logged.get("eval_perplexity"),
-                   "eval_losses": self.eval_history}
+                   "eval_losses": self.eval_history, "trainable_parameters": self.trainable_parameters,
+                   "stop_reason": self.stop_reason, "best_eval_loss": self.best_state().get("bestEvalLoss"),
+                   "best_eval_step": self.best_state().get("bestEvalStep"), "best_checkpoint": self.best_tag()}
         (self.out / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
 
     # -------------------------------------------------------------------------------------- loop
@@ -483,6 +547,8 @@ class Trainer:
                 self.log()
                 if self.evaluation_due():
                     self.evaluate()
+                    if self.after_evaluation():
+                        return self.finish()
                 if self.checkpoint_due():
                     self.save()
                 if self.stop_requested():

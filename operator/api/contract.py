@@ -6,7 +6,8 @@
   help, so the default podFailurePolicy fails the job on it.
 - The final state: the launcher ends the pod's termination message with one line
   `llmtrain-final {json}` (step, totalSteps, loss, tokensPerSecond, mfu, evalLoss, lastCheckpoint, outcome, and
-  resized: a message when the run resumed through a universal checkpoint on another data-parallel size),
+  resized: a message when the run resumed through a universal checkpoint on another data-parallel size; stopReason:
+  EarlyStopped when training.earlyStopping ended it; bestEvalLoss and bestEvalStep: its best evaluation),
   the values of the run's summary.json; the operator reads it from the pod status, so a finished
   job's status shows the end of training even when no scrape saw it.
 """
@@ -21,7 +22,9 @@ RESTART_ENV = "LLMTRAIN_RESTART"
 FINAL_SCRAPE_ENV = "LLMTRAIN_FINAL_SCRAPE_SECONDS"  # monitoring.finalScrapeSeconds; unset (local runs): no wait
 EXIT_BAD_INPUT = 5
 FINAL_STATE_PREFIX = "llmtrain-final "
-FINAL_STATE_KEYS = ("step", "totalSteps", "loss", "tokensPerSecond", "mfu", "evalLoss", "lastCheckpoint", "outcome", "resized")
+EARLY_STOPPED = "EarlyStopped"  # the final state's stopReason, and the reason of the job's Succeeded condition
+FINAL_STATE_KEYS = ("step", "totalSteps", "loss", "tokensPerSecond", "mfu", "evalLoss", "lastCheckpoint", "outcome", "resized",
+                    "stopReason", "bestEvalLoss", "bestEvalStep")
 
 
 def final_state_line(state: dict[str, Any]) -> str:

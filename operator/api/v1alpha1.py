@@ -62,7 +62,7 @@ def unchanged(fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> str:
 IMMUTABLE_SPEC_FIELDS = ("image", "nodes", "slotsPerNode", "accelerator", "resources", "podTemplate", "launcher", "checkpoint",
                          "network", "monitoring", "gang")
 # A job runs the built-in trainer (model, data, training, deepspeed) or its own program: either side may be absent.
-BUILTIN_TRAINER_FIELDS = ("model", "data", "training", "deepspeed")
+BUILTIN_TRAINER_FIELDS = ("model", "data", "training", "deepspeed", "export")
 IMMUTABLE_OPTIONAL_SPEC_FIELDS = (*BUILTIN_TRAINER_FIELDS, "program", "managedBy")
 IMMUTABLE_RUN_POLICY_FIELDS = ("backoffLimit", "podFailurePolicy", "cleanPodPolicy")
 IMMUTABLE_OPTIONAL_RUN_POLICY_FIELDS = ("activeDeadlineSeconds", "ttlSecondsAfterFinished", "stallTimeoutSeconds", "startupTimeoutSeconds")
@@ -302,6 +302,32 @@ class OffloadSpec(ApiModel):
     nvme_path: str = Field("/local_nvme", description="Directory on a local NVMe volume used for nvme offload.")
 
 
+# -- issue 21 (LoRA, evaluate and adjust): training.lora, training.earlyStopping, export.mergeLora
+ALL_LINEAR = "all-linear"
+
+
+class LoraSpec(ApiModel):
+    rank: int = Field(8, ge=1, le=4096, description="Rank r of each adapter (lora_A: r × in, lora_B: out × r).")
+    alpha: float = Field(16.0, gt=0, description="Scaling numerator: the adapter's output is multiplied by alpha / rank (PEFT's lora_alpha).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input while training (PEFT's lora_dropout).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: [ALL_LINEAR], min_length=1,
+        description="Linear layers that get an adapter, as PEFT's target_modules: module names matched as the whole name or its last "
+        "dotted parts (q_proj, self_attn.q_proj, c_attn), or [all-linear]: every linear layer but the output head. "
+        "Every entry must match a module of the model.",
+    )
+
+
+class EarlyStoppingSpec(ApiModel):
+    patience: int = Field(3, ge=1, description="Evaluations in a row without an improvement of the held-out loss by more than minDelta before the run stops.")
+    min_delta: float = Field(0.0, ge=0, description="How much lower than the best held-out loss so far an evaluation must be to count as an improvement.")
+
+
+class ExportSpec(ApiModel):
+    merge_lora: bool = Field(False, description="With training.lora: besides the PEFT adapter, write the model with the adapters merged "
+                             "into its weights (a plain Hugging Face model) to <model>/merged.")
+
+
 class TrainingSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -314,6 +340,13 @@ class TrainingSpec(ApiModel):
                     message_expression="'training.zeroStage (%d) must be 0 or 1 with training.pipelineStages (%d) > 1: DeepSpeed does not "
                     "combine pipeline parallelism with ZeRO-2 or ZeRO-3'.format([self.zeroStage, self.pipelineStages])",
                     field_path=".zeroStage"),
+                # --- LoRA, evaluate and adjust (issue 21) ---
+                cel("!has(self.lora) || self.zeroStage <= 2", "training.lora needs training.zeroStage 0, 1 or 2 (ZeRO-3 is not supported with LoRA)",
+                    field_path=".lora"),
+                cel("!has(self.lora) || self.pipelineStages == 1", "training.lora cannot be combined with training.pipelineStages > 1",
+                    field_path=".lora"),
+                cel("!has(self.earlyStopping) || self.evalIntervalSteps > 0", "training.earlyStopping needs training.evalIntervalSteps > 0 (it watches the held-out loss)",
+                    field_path=".earlyStopping"),
             ]
         }
     )
@@ -366,8 +399,23 @@ class TrainingSpec(ApiModel):
         "parameters (DeepSpeed balances parameter counts, any nLayers ≥ pipelineStages).",
     )
 
+    # --- LoRA, evaluate and adjust (issue 21) ---
+    lora: Optional[LoraSpec] = Field(
+        None, description="Train low-rank adapters (LoRA) on the frozen weights of model.huggingFacePath instead of every weight; "
+        "the export is a PEFT adapter (adapter_config.json, adapter_model.safetensors).",
+    )
+    early_stopping: Optional[EarlyStoppingSpec] = Field(
+        None, description="End the run (Succeeded, reason EarlyStopped) when the held-out loss stopped improving; needs evalIntervalSteps.",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> "TrainingSpec":
+        if self.lora is not None and self.zero_stage > 2:
+            raise ValueError("training.lora needs training.zeroStage 0, 1 or 2 (ZeRO-3 is not supported with LoRA)")
+        if self.lora is not None and self.pipeline_stages > 1:
+            raise ValueError("training.lora cannot be combined with training.pipelineStages > 1")
+        if self.early_stopping is not None and not self.eval_interval_steps:
+            raise ValueError("training.earlyStopping needs training.evalIntervalSteps > 0 (it watches the held-out loss)")
         if self.warmup_steps > self.steps:
             raise ValueError(f"training.warmupSteps ({self.warmup_steps}) must not exceed training.steps ({self.steps})")
         if self.offload.parameters != "none" and self.zero_stage != 3:
@@ -652,6 +700,10 @@ MULTIKUEUE = "kueue.x-k8s.io/multikueue"  # Kueue's MultiKueueControllerName
 ManagedBy = Literal["kueue.x-k8s.io/multikueue"]
 
 
+LORA_NEEDS_BASE = ("training.lora needs model.huggingFacePath: adapters train on a pretrained model's frozen weights, "
+                   "and PEFT loads them onto that model")
+
+
 class LLMTrainingJobSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -706,6 +758,10 @@ class LLMTrainingJobSpec(ApiModel):
                 cel("!has(self.data) || !(self.data.format in ['chat', 'promptCompletion']) || !has(self.data.validation) || !has(self.data.validation.fraction)",
                     "data.validation.fraction: chat and promptCompletion data hold out whole examples; use data.validation.paths",
                     field_path=".data.validation.fraction"),
+                cel("!has(self.training) || !has(self.training.lora) || (has(self.model) && has(self.model.huggingFacePath))",
+                    LORA_NEEDS_BASE, field_path=".training.lora"),
+                cel("!has(self.export) || !has(self.export.mergeLora) || !self.export.mergeLora || (has(self.training) && has(self.training.lora))",
+                    "export.mergeLora needs training.lora", field_path=".export.mergeLora"),
             ]
         }
     )
@@ -724,6 +780,7 @@ class LLMTrainingJobSpec(ApiModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimization of the built-in trainer.", json_schema_extra=NO_OBJECT_DEFAULT)
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed config overrides of the built-in trainer.",
                                      json_schema_extra=NO_OBJECT_DEFAULT)
+    export: ExportSpec = Field(default_factory=ExportSpec, description="The final model the built-in trainer writes.", json_schema_extra=NO_OBJECT_DEFAULT)
     program: Optional[ProgramSpec] = Field(None, description="Your own training program instead of the built-in trainer (model, data, training, deepspeed).")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing and resume.")
     network: NetworkSpec = Field(default_factory=NetworkSpec, description="Interconnect and pod networking.")
@@ -792,6 +849,10 @@ class LLMTrainingJobSpec(ApiModel):
         if self.training.eval_interval_steps and self.data.format != "synthetic" and self.data.validation is None:
             raise ValueError("training.evalIntervalSteps needs data.validation (paths or fraction) unless data.format is synthetic")
         self._check_sft()
+        if self.training.lora is not None and not self.model.hugging_face_path:
+            raise ValueError(LORA_NEEDS_BASE)
+        if self.export.merge_lora and self.training.lora is None:
+            raise ValueError("export.mergeLora needs training.lora")
         return self._check_pods()
 
     # --- issue 21 (supervised fine-tuning) ---
@@ -839,6 +900,8 @@ class Progress(ApiModel):
     tokens_per_second: Optional[float] = Field(None, description="Throughput over the last logging interval, all ranks.")
     mfu: Optional[float] = Field(None, description="Model FLOPs utilization (0–1).")
     eval_loss: Optional[float] = Field(None, description="Loss on the held-out data at the last evaluation (training.evalIntervalSteps).")
+    best_eval_loss: Optional[float] = Field(None, description="Lowest held-out loss of the run so far (the model exported at the end is this one's).")
+    best_eval_step: Optional[int] = Field(None, description="Step of bestEvalLoss.")
     update_time: Optional[str] = Field(None, description="When the operator last saw the step advance (stall detection counts from here).")
 
 

@@ -148,6 +148,11 @@ def test_validation_loss_at_its_interval_in_log_metrics_and_summary(evaluated_ru
     progress = json.loads((r["out"] / "progress.json").read_text())
     assert progress["evalLoss"] == summary["eval_loss"]
     assert markers.read(r["out"] / "markers", markers.FINAL)["evalLoss"] == summary["eval_loss"]  # the operator's final state
+    best = min(summary["eval_losses"], key=lambda e: e["loss"])  # the best evaluation (issue 21): summary, metrics, final state
+    assert (summary["best_eval_loss"], summary["best_eval_step"]) == (best["loss"], best["step"])
+    assert (scraped["llmtrain_best_eval_loss"], scraped["llmtrain_best_eval_step"]) == (pytest.approx(best["loss"]), best["step"])
+    final = markers.read(r["out"] / "markers", markers.FINAL)
+    assert (final["bestEvalLoss"], final["bestEvalStep"], final["stopReason"]) == (best["loss"], best["step"], None)
 
 
 def test_validation_loss_is_the_mean_over_the_ranks_of_the_final_model(evaluated_run):

@@ -150,6 +150,15 @@ CASES: list[Case] = [missing_tokenizer, corrupt_tokenizer, tokenizer_bigger_than
                      hugging_face_weights_corrupt, seq_len_beyond_the_models_positions]
 
 
+def lora_target_matches_nothing(d: Path):
+    path = hf_dir(d / "hf")
+    return ({"model": {"preset": None, "huggingFacePath": str(path)}, "training": {"globalBatchSize": 2, "lora": {"targetModules": ["qkv"]}}},
+            "training.lora.targetModules", str(path / "config.json"))
+
+
+CASES.append(lora_target_matches_nothing)  # issue 21 (LoRA)
+
+
 @pytest.fixture(params=CASES, ids=[c.__name__ for c in CASES])
 def bad_job(request, tmp_path):
     changes, field, file = request.param(tmp_path)

@@ -65,6 +65,18 @@ def test_keeps_the_newest_complete_checkpoints(tmp_path):
     assert sorted(p.name for p in m.dir.iterdir() if p.is_dir()) == ["global_step100", "global_step15"]
 
 
+def test_the_best_checkpoint_is_kept_beside_the_newest(tmp_path):
+    """protect: the best evaluation's tag survives however old; it does not count against keep."""
+    m, engine = manager(tmp_path, keep=1), FakeEngine()
+    m.save(engine, 5, {})
+    m.save(engine, 10, {})
+    for step in (15, 20):
+        m.save(engine, step, {}, protect=("global_step10",))
+    assert m.complete_tags() == ["global_step10", "global_step20"]
+    m.save(engine, 25, {})  # the best moved on (to step 25 itself): step 10 is an old checkpoint now
+    assert m.complete_tags() == ["global_step25"]
+
+
 def test_resume_resolution(tmp_path):
     m = manager(tmp_path)
     m.save(FakeEngine(), 7, {})
