@@ -584,7 +584,7 @@ def test_the_trainer_images_are_the_dependency_only_stages_plus_the_wheel():
             assert set(source.split()) <= {"pyproject.toml", "hack/deps-requirements.py"}, (name, source)
     assert "-r /requirements/deps.txt" in st["deps"] and "from=deps-requirements" in st["deps"]
     for name in ("trainer", "trainer-cpu"):
-        installs = re.findall(r"pip install [^&]*", st[name])
+        installs = re.findall(r"pip install [^&\n]*", st[name])
         assert installs == ['pip install --no-cache-dir "$(echo /wheels/llm_training_operator-*.whl)[trainer]"'], installs
     assert "DS_BUILD_SHM_COMM=1" in st["deps-cpu"]
 
