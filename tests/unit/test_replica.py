@@ -1,0 +1,65 @@
+"""A replica's identity, User-Agent and probes (replica.py, probes.py), and the jobs' tasks waiting for leadership."""
+
+import asyncio
+import re
+
+import pytest
+
+from llm_operator.probes import ProbeState, liveness, readiness
+from llm_operator.replica import Leadership, lease_namespace, replica_identity, user_agent
+from llm_operator.write_gate import WriteGate
+
+
+def test_identity_is_the_pod_name_and_a_random_suffix():
+    a, b = replica_identity({"POD_NAME": "op-7f9c-x2"}), replica_identity({"POD_NAME": "op-7f9c-x2"})
+    assert a.startswith("op-7f9c-x2_") and a != b  # a restarted pod of the same name is another candidate
+    assert re.fullmatch(r"op-7f9c-x2_[0-9a-f-]{36}", a)
+
+
+def test_identity_falls_back_to_the_host_name():
+    import socket
+    assert replica_identity({}).startswith(socket.gethostname() + "_")
+
+
+def test_lease_namespace_is_the_pods_else_default():
+    assert lease_namespace({"POD_NAMESPACE": "ops"}) == "ops" and lease_namespace({}) == "default"
+
+
+def test_user_agent_names_the_replica():
+    assert user_agent("op-1_abc", "0.1.0") == "llm-training-operator/0.1.0 (op-1_abc)"
+
+
+@pytest.mark.parametrize("state, live, ready, role", [
+    (ProbeState(synced=True, elected=True, elector_alive=True, leading=True), 200, 200, "leader"),
+    (ProbeState(synced=True, elected=True, elector_alive=True, leading=False), 200, 200, "standby"),  # a warm standby is ready
+    (ProbeState(synced=False, elected=True, elector_alive=True, leading=False), 200, 503, "standby"),  # watches not filled yet
+    (ProbeState(synced=True, elected=True, elector_alive=False, leading=False), 500, 503, "standby"),  # the elector died
+    (ProbeState(synced=True, elected=False, elector_alive=False, leading=True), 200, 200, "leader"),  # --no-leader-election
+])
+def test_probes(state, live, ready, role):
+    assert liveness(state)[0] == live
+    status, body = readiness(state)
+    assert status == ready and body["role"] == role
+
+
+def test_without_election_the_replica_leads_from_the_start():
+    leadership = Leadership(WriteGate(open_=False), elected=False)
+    assert leadership.leading and leadership.gate.is_open
+
+
+def test_tasks_wait_for_leadership_and_go_when_it_comes():
+    async def scenario():
+        leadership = Leadership(WriteGate(open_=False), elected=True)
+        leadership.attach(asyncio.get_running_loop())
+        seen = []
+        leadership.on_change(seen.append)
+        waiting = asyncio.ensure_future(leadership.wait_leading())
+        await asyncio.sleep(0.01)
+        assert not waiting.done() and not leadership.gate.is_open
+        await asyncio.to_thread(leadership.became_leader)  # from the elector's thread
+        await asyncio.wait_for(waiting, 5)
+        leadership.step_down()
+        await asyncio.sleep(0)
+        assert not leadership.gate.is_open and seen == [True, False]
+
+    asyncio.run(scenario())
