@@ -63,3 +63,42 @@ def test_tasks_wait_for_leadership_and_go_when_it_comes():
         assert not leadership.gate.is_open and seen == [True, False]
 
     asyncio.run(scenario())
+
+
+def test_kopfs_requests_carry_the_replicas_user_agent(tmp_path, monkeypatch):
+    """Kopf has no setting for the header: the login handler hands it a session that carries it."""
+    import logging
+
+    import kopf
+
+    from llm_operator.main import kopf_login
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("""apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: abc}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+""")
+    from kubernetes.config import kube_config
+
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))  # read from $KUBECONFIG at import
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    async def login():
+        info = await kopf_login("llm-training-operator/0.1.0 (op-1_abc)")(logger=logging.getLogger("t"), settings=kopf.OperatorSettings())
+        try:
+            return info.server, dict(info.aiohttp_session.headers)
+        finally:
+            await info.aiohttp_session.close()
+
+    from kubernetes import client
+
+    saved = client.Configuration.get_default_copy()
+    try:
+        server, headers = asyncio.run(login())
+    finally:
+        client.Configuration.set_default(saved)  # Kopf's login loaded the kubeconfig into the client's default
+    assert server == "https://127.0.0.1:1"
+    assert headers == {"Authorization": "Bearer abc", "User-Agent": "llm-training-operator/0.1.0 (op-1_abc)"}
