@@ -30,6 +30,7 @@ LEASE_SECONDS = 15
 JOBS, WORKERS = 50, 4
 RESTART_LABEL = "llmtraining.dev/restart"
 JOB_LABEL = "llmtraining.dev/job-name"
+RANK_LABEL = "llmtraining.dev/node-rank"
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 
@@ -62,9 +63,25 @@ def converged(cp, namespace):
     for name, job in jobs.items():
         gang = by_job.get(name, [])
         generations = {p["metadata"]["labels"].get(RESTART_LABEL) for p in gang}
-        if len(gang) != WORKERS or generations != {str(job["status"].get("restarts", 0))}:
+        ranks = {p["metadata"]["labels"].get(RANK_LABEL) for p in gang}
+        if len(gang) != WORKERS or len(ranks) != WORKERS or generations != {str(job["status"].get("restarts", 0))}:
             return None
     return jobs, live
+
+
+def pod_creates(audit_log: Path, namespace: str) -> int:
+    """Pods the replicas created in `namespace` (201s only: an AlreadyExists is no pod)."""
+    seen, created = set(), 0
+    for line in audit_log.read_text(errors="replace").splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if (event["auditID"] in seen or event.get("verb") != "create" or ref.get("resource") != "pods" or ref.get("subresource")
+                or ref.get("namespace") != namespace or "llm-training-operator/" not in event.get("userAgent", "")):
+            continue
+        if event.get("stage") == "ResponseComplete" and (event.get("responseStatus") or {}).get("code") == 201:
+            seen.add(event["auditID"])
+            created += 1
+    return created
 
 
 def audit_writes(audit_log: Path, agent_part: str, until_wall: float) -> list[str]:
@@ -162,6 +179,9 @@ def test_two_replicas_one_writer_takeover_after_sigkill_and_hand_over_on_sigterm
     else:
         print("no audit log (control plane started without LLMTO_CP_AUDIT=1): the standby's writes are not counted", file=sys.stderr)
     assert killed_wall < took_over_wall
+
+    if audit_log.exists():  # every gang's pods created once: WORKERS per job and restart, no more
+        assert pod_creates(audit_log, namespace) == sum(WORKERS * (1 + j["status"].get("restarts", 0)) for j in jobs.values())
 
     # SIGTERM, as a rolling update does once the new replica is ready: release, hand-over in about a retry period
     before = {p["metadata"]["uid"] for p in pods}
