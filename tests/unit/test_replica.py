@@ -102,3 +102,27 @@ current-context: x
         client.Configuration.set_default(saved)  # Kopf's login loaded the kubeconfig into the client's default
     assert server == "https://127.0.0.1:1"
     assert headers == {"Authorization": "Bearer abc", "User-Agent": "llm-training-operator/0.1.0 (op-1_abc)"}
+
+
+def test_a_standbys_job_task_reconciles_nothing_until_it_leads_then_at_once():
+    from test_reconcile import CountingReconciler
+
+    from llm_operator.job_loop import JobLoops
+
+    async def scenario():
+        leadership = Leadership(WriteGate(open_=False), elected=True)
+        leadership.attach(asyncio.get_running_loop())
+        reconciler = CountingReconciler()
+        loops = JobLoops(reconciler, progress_interval=0, leadership=leadership)
+        task = asyncio.create_task(loops.run("ns", "job"))
+        for _ in range(20):
+            loops.poke("ns", "job")  # watch events reach the standby's view and its task …
+            await asyncio.sleep(0.005)
+        assert reconciler.calls == 0 and loops.sync.synced  # … which is warm, and reconciles nothing
+        await asyncio.to_thread(leadership.became_leader)
+        while reconciler.calls == 0:
+            await asyncio.sleep(0.005)  # no poke needed: the takeover reconciles at once
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
