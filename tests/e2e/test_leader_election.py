@@ -141,8 +141,11 @@ def test_two_replicas_one_writer_takeover_after_sigkill_and_hand_over_on_sigterm
     cp.wait_for(b.ready, timeout=60, what="replica-b ready as a warm standby")
     assert holder(cp).startswith("replica-a_")
 
+    # CPU workers (200 GPUs are more than the kwok nodes have); the kwok nodes' GPU taint tolerated
     manifests = [job_manifest(f"job-{i:02d}", nodes=WORKERS, slots=1, accelerator="cpu",
-                              resources={"requests": {"cpu": "10m", "memory": "16Mi"}}) for i in range(JOBS)]
+                              resources={"requests": {"cpu": "10m", "memory": "16Mi"}},
+                              podTemplate={"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]})
+                 for i in range(JOBS)]
     cp.apply(manifests, namespace=namespace)
 
     # SIGKILL the leader amid the batch: once some gangs exist, before all are running
