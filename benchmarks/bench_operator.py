@@ -221,7 +221,8 @@ def start_operator(kubeconfig: Path, log_path: Path, cgroup: Path | None = None)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(port),
-                             "--metrics-port", "0", "--log-format", "plain"],
+                             "--metrics-port", "0", "--log-format", "plain",
+                             "--no-leader-election"],  # one operator's requests: no Lease renewals among them
                             env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=REPO,
                             preexec_fn=(lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid()))) if cgroup else None)
 

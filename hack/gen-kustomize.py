@@ -41,6 +41,7 @@ FILES = {
     "RoleBinding": "rbac.yaml",
     "Service": "service.yaml",
     "Deployment": "deployment.yaml",
+    "PodDisruptionBudget": "deployment.yaml",
 }
 
 

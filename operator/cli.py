@@ -48,7 +48,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                         metrics_port=args.metrics_port, progress_interval=args.progress_interval,
                         cluster_domain=args.cluster_domain, log_format=args.log_format, verbose=args.verbose, lifecycle=lifecycle,
                         gang_scheduler=args.gang_scheduler, volcano_scheduler_name=args.volcano_scheduler_name,
-                        coscheduling_scheduler_name=args.coscheduling_scheduler_name)
+                        coscheduling_scheduler_name=args.coscheduling_scheduler_name,
+                        leader_election=not args.no_leader_election)
 
 
 GANG_DEFAULTS = ("auto", "kubernetes", "volcano", "coscheduling", "none")
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     scope = run.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)")
-    run.add_argument("--health-port", type=int, default=8080, help="liveness endpoint port (0 disables)")
+    run.add_argument("--health-port", type=int, default=8080, help="port of the liveness (/healthz) and readiness (/readyz) probes (0 disables)")
     run.add_argument("--metrics-port", type=int, default=8081, help="Prometheus /metrics port (0 disables)")
     run.add_argument("--progress-interval", type=float, default=15.0,
                      help="seconds between reads of rank 0's training metrics for the job status (0 disables)")
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--volcano-scheduler-name", default="volcano", help="schedulerName of the pods of volcano gangs")
     run.add_argument("--coscheduling-scheduler-name", default="scheduler-plugins-scheduler",
                      help="schedulerName of the pods of coscheduling gangs (the scheduler that runs the coscheduling plugin)")
+    run.add_argument("--no-leader-election", action="store_true",
+                     help="run as the only replica: write at once, take no part in leader election (the Lease "
+                          "llm-training-operator in $POD_NAMESPACE, else default; docs/install.md)")
     run.add_argument("--log-format", choices=["json", "plain"], default="json")
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=_cmd_run)

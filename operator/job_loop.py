@@ -24,6 +24,7 @@ from .clock import utcnow
 from .kube import ForeignChild
 from .progress import ScrapeTarget, fetch_metrics, parse_progress
 from .reconcile import Reconciler
+from .replica import Leadership
 from .view import ClusterView
 from .view_sync import ViewSync
 from .writers import Writers
@@ -41,8 +42,11 @@ LATER, FIRST = 0, 1
 
 class JobLoops:
     def __init__(self, reconciler: Reconciler, progress_interval: float, fetch: Callable[[str], str] = fetch_metrics,
-                 namespaces: Optional[list[str]] = None, kueue: bool = False):
-        """kueue: the jobs' Kueue Workloads are watched too (--kueue), so the view's listings include them."""
+                 namespaces: Optional[list[str]] = None, kueue: bool = False, leadership: Optional[Leadership] = None):
+        """kueue: the jobs' Kueue Workloads are watched too (--kueue), so the view's listings include them.
+        leadership: with leader election, the tasks reconcile only while this replica leads (a standby's tasks
+        keep their view warm and wait); None: always."""
+        self.leadership = leadership
         self.reconciler = reconciler
         self.view: ClusterView = reconciler.view
         self.sync = ViewSync(reconciler.kube, self.view, namespaces or None, self._swept, workloads=kueue)
@@ -132,6 +136,8 @@ class JobLoops:
         priority = FIRST
         try:
             await self.sync.wait_synced()
+            if self.leadership is not None:
+                await self.leadership.wait_leading()  # a standby's task waits here; a takeover reconciles at once
             while True:
                 if loop.time() >= due or poke.is_set():
                     poke.clear()

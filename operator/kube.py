@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from .api import API_VERSION, GROUP, KIND, PLURAL, VERSION
 from . import kueue
 from .render.names import JOB_NAME_LABEL
+from .write_gate import WriteGate
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +70,31 @@ def kueue_path(namespace: Optional[str], name: Optional[str] = None, plural: str
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient | None = None):
+    def __init__(self, api_client: client.ApiClient | None = None, gate: Optional[WriteGate] = None):
+        """gate: writes (any method but GET) pass only while it is open (leader election: write_gate.py)."""
         self.api_client = api_client or client.ApiClient()
+        self.gate = gate
 
     def request(self, method: str, path: str, body: Any = None, query: Optional[list[tuple[str, str]]] = None,
-                content_type: str = "application/json") -> Any:
-        """One call; the decoded JSON response. Raises ApiException for a non-2xx status."""
+                content_type: str = "application/json", timeout: tuple[float, float] = REQUEST_TIMEOUT) -> Any:
+        """One call; the decoded JSON response. Raises ApiException for a non-2xx status, WriteRefused for a
+        write while the gate is shut."""
+        if self.gate is None or method == "GET":
+            return self._request(method, path, body, query, content_type, timeout)
+        self.gate.enter(f"{method} {path}")
+        try:
+            return self._request(method, path, body, query, content_type, timeout)
+        finally:
+            self.gate.leave()
+
+    def _request(self, method: str, path: str, body: Any, query: Optional[list[tuple[str, str]]], content_type: str,
+                 timeout: tuple[float, float]) -> Any:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
         request = self.api_client.param_serialize(method, path, query_params=query, header_params=headers, body=body,
                                                   auth_settings=["BearerToken"])
-        response = self.api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+        response = self.api_client.call_api(*request, _request_timeout=timeout)
         try:
             data = response.read()
         finally:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import logging
 import time
+import warnings
 
+import aiohttp
 import kopf
 import prometheus_client
 from kubernetes import client
@@ -14,12 +17,16 @@ from kubernetes import config as kube_config
 from . import handlers, kueue
 from .job_loop import JobLoops
 from .kube import Kube
+from .leader_election import DRAIN_SECONDS, Elector
 from .lifecycle import LifecycleSettings
+from .probes import ProbeServer, ProbeState
 from .reconcile import WRITE_CONCURRENCY, Reconciler
 from .render import RenderContext
 from .render.gang import GANG_APIS, default_gang_scheduler
 from .render.names import JOB_NAME_LABEL
+from .replica import Leadership, lease_namespace, replica_identity, user_agent
 from .view import ClusterView
+from .write_gate import WriteGate
 
 LAUNCHER_IMAGE_ENV = "LLMTO_LAUNCHER_IMAGE"  # the trainer image program pods copy the launcher from
 
@@ -76,19 +83,62 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.execution.max_workers = 8
 
 
+def kopf_login(agent: str):
+    """A Kopf login handler: Kopf's own (from the kubernetes client's configuration), with this replica's User-Agent
+    on Kopf's requests too (its watches, its Events): Kopf offers no setting for the header, but takes a session."""
+
+    async def login(logger, settings: kopf.OperatorSettings, **_) -> kopf.AiohttpSession:
+        info = kopf.login_via_client(logger=logger, settings=settings)
+        if info is None:
+            raise kopf.LoginError("no credentials: neither in-cluster nor a kubeconfig")
+        with warnings.catch_warnings():  # as Kopf builds its session (auth.py): its basic-auth deprecation is its own
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="kopf")
+            auth = info.as_aiohttp_basic_auth()
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+                                        headers={**info.as_http_headers(), "User-Agent": agent}, auth=auth,
+                                        proxy=info.proxy_url, trust_env=info.trust_env)
+        return kopf.AiohttpSession(aiohttp_session=session, server=info.server, default_namespace=info.default_namespace,
+                                   priority=info.priority, expiration=info.expiration)
+
+    return login
+
+
+def exit_on_lost_lease(leadership: Leadership):
+    def lost() -> None:
+        """controller-runtime's "leader election lost": stop writing and exit at once (the pod restarts as a
+        standby); any cleanup would write as a replica that no longer leads."""
+        leadership.step_down()
+        log.critical("leader election lost: exiting")
+        logging.shutdown()
+        os._exit(1)
+
+    return lost
+
+
 def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: int, metrics_port: int, cluster_domain: str,
                  progress_interval: float = 15.0, log_format: str = "json", verbose: bool = False,
                  lifecycle: LifecycleSettings | None = None, gang_scheduler: str = "auto", volcano_scheduler_name: str = "volcano",
-                 coscheduling_scheduler_name: str = "scheduler-plugins-scheduler") -> int:
+                 coscheduling_scheduler_name: str = "scheduler-plugins-scheduler", leader_election: bool = True) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL)
     if not verbose:  # "Handler 'pod_event' succeeded." for every watch event: a log line per event, for nothing
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     load_kube_config()
     from .ssh_keys import generate_job_keys
 
+    identity = replica_identity()
+    agent = user_agent(identity)  # on every request, so that the API server's audit log shows which replica wrote
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = 2 * WRITE_CONCURRENCY  # the writers, the reconcile threads, the sweeps
-    kube = Kube(client.ApiClient(configuration))
+    api_client = client.ApiClient(configuration)
+    api_client.user_agent = agent
+    leadership = Leadership(WriteGate(open_=False), elected=leader_election)
+    kube = Kube(api_client, gate=leadership.gate)
+    elector = None
+    if leader_election:
+        lease_client = client.ApiClient(client.Configuration.get_default_copy())  # its own connection: never queued behind writes
+        lease_client.user_agent = agent
+        elector = Elector(Kube(lease_client), lease_namespace(), identity, on_started=leadership.became_leader,
+                          on_lost=exit_on_lost_lease(leadership))
     gang_apis = discover_gang_apis(kube)
     ctx = RenderContext(cluster_domain=cluster_domain, gang_apis=gang_apis, default_gang_scheduler=gang_scheduler,
                         volcano_scheduler_name=volcano_scheduler_name, coscheduling_scheduler_name=coscheduling_scheduler_name,
@@ -99,21 +149,51 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
     reconciler = Reconciler(kube=kube, view=ClusterView(), ctx=ctx, emit=kube.post_event,
                             generate_ssh_keys=generate_job_keys, settings=lifecycle or LifecycleSettings())
     kueue_on = reconciler.settings.kueue
-    handlers.install(JobLoops(reconciler, progress_interval, namespaces=namespaces, kueue=kueue_on), kueue=kueue_on)
+    loops = JobLoops(reconciler, progress_interval, namespaces=namespaces, kueue=kueue_on, leadership=leadership)
+    handlers.install(loops, kueue=kueue_on)
+    kopf.on.login()(kopf_login(agent))
 
     if metrics_port:
         prometheus_client.start_http_server(metrics_port)
 
+    def probe_state() -> ProbeState:
+        return ProbeState(synced=loops.sync.synced, elected=elector is not None,
+                          elector_alive=elector is not None and elector.alive, leading=leadership.leading)
+
+    probes = ProbeServer(health_port, probe_state) if health_port else None
+
     @kopf.on.startup()
-    def _startup(settings: kopf.OperatorSettings, **_) -> None:
+    async def _startup(settings: kopf.OperatorSettings, **_) -> None:
         configure_settings(settings)
+        # Kopf posts Events of its own (a handler's failure): only the leader writes
+        settings.posting.enabled = leadership.leading
+        leadership.on_change(lambda leading: setattr(settings.posting, "enabled", leading))
+        leadership.attach(asyncio.get_running_loop())
+        asyncio.get_running_loop().create_task(loops.sync.wait_synced(), name="view fill")  # warm before leading
+        if probes is not None:
+            await probes.start()
+        if elector is not None:
+            elector.start()
+
+    @kopf.on.cleanup()
+    async def _cleanup(**_) -> None:
+        """SIGTERM: stop writing, let the writes in flight end, and give the Lease up, so a standby takes over
+        within a retry period (a rolling update hands over in seconds, not a lease duration)."""
+        if elector is not None:
+            def shut_writes() -> None:
+                leadership.step_down()
+                if not leadership.gate.drain(DRAIN_SECONDS):
+                    log.warning("writes still in flight after %.0f s; releasing the Lease anyway", DRAIN_SECONDS)
+            await asyncio.to_thread(elector.stop_and_release, shut_writes)
+        if probes is not None:
+            await probes.stop()
 
     log.info("starting llm-training-operator", extra={"namespaces": namespaces or "*", "cluster_domain": cluster_domain,
-                                                      "kueue": reconciler.settings.kueue})
+                                                      "kueue": reconciler.settings.kueue, "identity": identity,
+                                                      "leader_election": leader_election})
     kopf.run(
-        standalone=True,  # one replica (Deployment strategy Recreate); no peering objects needed
+        standalone=True,  # no Kopf peering (not a Lease; 60 s after a crash): our own Lease decides who writes
         clusterwide=not namespaces,
         namespaces=namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
     )
     return 0

@@ -29,7 +29,12 @@ def free_port() -> int:
 class OperatorProcess:
     """`llm-operator run` as a child process, restartable and killable like a real pod."""
 
-    def __init__(self, control_plane, kubeconfig: str, log_dir: Path):
+    def __init__(self, control_plane, kubeconfig: str, log_dir: Path, name: str = "operator", leader_election: bool = False,
+                 namespaces: tuple[str, ...] = ()):
+        """leader_election: take part in it as the replica `name` (POD_NAME; the Lease in OPERATOR_NS); else
+        --no-leader-election, as the only writer (the tests that are not about replicas). namespaces: watch only
+        these (else all)."""
+        self.name, self.leader_election, self.namespaces = name, leader_election, namespaces
         self.cp = control_plane
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
@@ -41,25 +46,31 @@ class OperatorProcess:
         self.starts += 1
         self.health_port = free_port()
         self.metrics_port = free_port()
-        env = {**os.environ, "KUBECONFIG": self.kubeconfig}
-        self.log_path = self.log_dir / f"operator-{self.starts}.log"
+        env = {**os.environ, "KUBECONFIG": self.kubeconfig, "POD_NAME": self.name, "POD_NAMESPACE": OPERATOR_NS}
+        self.log_path = self.log_dir / f"{self.name}-{self.starts}.log"
         self.log = open(self.log_path, "w")
+        scope = [f"--namespace={ns}" for ns in self.namespaces] or ["--all-namespaces"]
+        election = [] if self.leader_election else ["--no-leader-election"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(self.health_port), "--log-format", "plain",
+            [sys.executable, "-m", "llm_operator.cli", "run", *scope, *election, "--health-port", str(self.health_port), "--log-format", "plain",
              "--metrics-port", str(self.metrics_port), "--progress-interval", "1",
              "--restart-backoff", "1", "--max-restart-backoff", "4", "-v", *self.extra_args],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
         )
         self.cp.wait_for(self.healthy, timeout=60, what=f"operator liveness endpoint (log: {self.log_path})")
 
-    def healthy(self) -> bool:
+    def healthy(self, probe: str = "healthz") -> bool:
         if self.proc.poll() is not None:
             pytest.fail(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/{probe}", timeout=2) as response:
                 return response.status == 200
         except OSError:
             return False
+
+    def ready(self) -> bool:
+        """/readyz: the view filled from a listing (leader or warm standby)."""
+        return self.healthy("readyz")
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, like the OOM killer or a node loss."""

@@ -140,7 +140,8 @@ def test_chart_version_matches_the_project():
 def test_default_objects(helm):
     objs = template(helm)
     assert sorted(o["kind"] for o in objs) == sorted(
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"])
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment",
+         "PodDisruptionBudget"])
     for obj in objs:
         assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "llm-training-operator"
         if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
@@ -156,8 +157,8 @@ def test_default_objects_are_valid_kubernetes(helm):
 def test_deployment(helm):
     objs = template(helm)
     dep = one(objs, "Deployment")
-    assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert dep["spec"]["replicas"] == 2  # one leads, one stands by
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = dep["spec"]["template"]["spec"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     assert pod["serviceAccountName"] == one(objs, "ServiceAccount")["metadata"]["name"]
@@ -173,6 +174,13 @@ def test_deployment(helm):
     assert ports == {"health": 8080, "metrics": 8081}
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
+    ready = container["readinessProbe"]["httpGet"]
+    assert ready["path"] == "/readyz" and ports[ready["port"]] == 8080
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}  # identity, Lease namespace
+    spread = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert [(t["podAffinityTerm"]["topologyKey"], t["podAffinityTerm"]["labelSelector"]["matchLabels"]) for t in spread] == \
+        [("kubernetes.io/hostname", dep["spec"]["selector"]["matchLabels"])]
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     # readOnlyRootFilesystem: /tmp is the writable emptyDir
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
@@ -180,6 +188,7 @@ def test_deployment(helm):
     assert (args.command, args.all_namespaces, args.namespace) == ("run", True, [])
     assert (args.health_port, args.metrics_port) == (8080, 8081)
     assert (args.cluster_domain, args.log_format, args.verbose) == ("cluster.local", "json", False)
+    assert args.no_leader_election is False
 
     service = one(objs, "Service")
     assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
@@ -245,9 +254,14 @@ def test_existing_service_account(helm):
 
 
 # ------------------------------------------------------------------------------------------- RBAC --
+def job_rbac(objs: list[dict], kind: str) -> list[dict]:
+    """The Roles (RoleBindings) of the watched namespaces: not the leader-election one in the release namespace."""
+    return [o for o in by_kind(objs, kind) if not o["metadata"]["name"].endswith("-leader-election")]
+
+
 def test_rbac_all_namespaces(helm):
     objs = template(helm)
-    assert not by_kind(objs, "Role") and not by_kind(objs, "RoleBinding")
+    assert not job_rbac(objs, "Role") and not job_rbac(objs, "RoleBinding")
     role = one(objs, "ClusterRole")
     assert role["rules"] == RULES["namespaced"] + RULES["cluster"]
     binding = one(objs, "ClusterRoleBinding")
@@ -263,8 +277,8 @@ def test_rbac_watch_namespaces(helm):
     cluster_role = one(objs, "ClusterRole")
     assert cluster_role["rules"] == RULES["cluster"]
     assert one(objs, "ClusterRoleBinding")["roleRef"]["name"] == cluster_role["metadata"]["name"]
-    roles = {r["metadata"]["namespace"]: r for r in by_kind(objs, "Role")}
-    bindings = {b["metadata"]["namespace"]: b for b in by_kind(objs, "RoleBinding")}
+    roles = {r["metadata"]["namespace"]: r for r in job_rbac(objs, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in job_rbac(objs, "RoleBinding")}
     assert sorted(roles) == sorted(bindings) == ["team-a", "team-b"]
     for ns in roles:
         assert roles[ns]["rules"] == RULES["namespaced"]
@@ -289,7 +303,7 @@ def test_rbac_kueue_rules_only_when_enabled(helm):
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     assert "--kueue" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     watched = template(helm, "--set", "kueue.enabled=true", "--set", "watchNamespaces={team-a}")
-    assert next(o for o in watched if o["kind"] == "Role")["rules"] == RULES["namespaced"] + RULES["kueueNamespaced"]
+    assert one(job_rbac(watched, "Role"), "Role")["rules"] == RULES["namespaced"] + RULES["kueueNamespaced"]
     assert next(o for o in watched if o["kind"] == "ClusterRole")["rules"] == RULES["cluster"] + RULES["kueueCluster"]
 
 
@@ -302,7 +316,7 @@ def test_rbac_gang_scheduler_rules_only_where_turned_on(helm, values, extra):
     expected = RULES["namespaced"] + [rule for section in extra for rule in RULES[section]]
     assert one(template(helm, *values), "ClusterRole")["rules"] == expected + RULES["cluster"]
     objs = template(helm, "--set", "watchNamespaces={team-a}", *values)
-    assert one(objs, "Role")["rules"] == expected
+    assert one(job_rbac(objs, "Role"), "Role")["rules"] == expected
 
 
 def test_gang_values_reach_the_operator(helm):
@@ -315,11 +329,42 @@ def test_gang_values_reach_the_operator(helm):
 
 
 def test_rbac_rules_file_shape():
-    sections = ("namespaced", "cluster", "volcano", "coscheduling", "kueueNamespaced", "kueueCluster")
+    sections = ("namespaced", "cluster", "volcano", "coscheduling", "kueueNamespaced", "kueueCluster", "leaderElection")
     assert set(RULES) == set(sections)
     for rule in [rule for section in sections for rule in RULES[section]]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+
+
+def test_leader_election_role_is_namespaced_and_least_privileged(helm):
+    objs = template(helm)
+    (role,) = by_kind(objs, "Role")
+    assert role["metadata"]["namespace"] == "llm-system"  # the release's namespace only, not cluster-wide
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
+    (binding,) = by_kind(objs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": one(objs, "ServiceAccount")["metadata"]["name"],
+                                    "namespace": "llm-system"}]
+    cluster_rules = one(objs, "ClusterRole")["rules"]
+    assert not [r for r in cluster_rules if "coordination.k8s.io" in r["apiGroups"]]
+
+
+def test_pod_disruption_budget_keeps_one_replica(helm):
+    objs = template(helm)
+    pdb = one(objs, "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": one(objs, "Deployment")["spec"]["selector"]["matchLabels"]}}
+
+
+def test_one_replica_without_leader_election(helm):
+    objs = template(helm, "--set", "replicaCount=1", "--set", "leaderElection.enabled=false", "--set", "podDisruptionBudget.enabled=false")
+    assert operator_args(objs).no_leader_election is True
+    assert not by_kind(objs, "Role") and not by_kind(objs, "PodDisruptionBudget")
+    assert "affinity" not in one(objs, "Deployment")["spec"]["template"]["spec"]  # nothing to spread
+
+
+def test_several_replicas_without_leader_election_are_refused(helm):
+    proc = run_helm(helm, "template", "x", str(CHART), "--set", "leaderElection.enabled=false", check=False)
+    assert proc.returncode != 0 and "replicaCount > 1 needs leaderElection.enabled" in proc.stderr
 
 
 # ------------------------------------------------------------------------------------- monitoring --
@@ -421,6 +466,8 @@ def test_grafana_dashboard(helm):
     ("logLevel=verbose", "/logLevel"),
     ("logFormat=text", "/logFormat"),
     ("healthPort=http", "/healthPort"),
+    ("replicaCount=0", "/replicaCount"),
+    ("leaderElection.enable=true", "additional properties 'enable' not allowed"),
     ("metrics.port=70000", "/metrics/port"),
     ("watchNamespaces={Team_A}", "/watchNamespaces/0"),
     ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
