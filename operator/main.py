@@ -13,6 +13,7 @@ from kubernetes import config as kube_config
 
 from . import handlers, kueue
 from .job_loop import JobLoops
+from .kopf_memory import EventOnlyMemories
 from .kube import Kube
 from .lifecycle import LifecycleSettings
 from .reconcile import WRITE_CONCURRENCY, Reconciler
@@ -112,6 +113,7 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
                                                       "kueue": reconciler.settings.kueue})
     kopf.run(
         standalone=True,  # one replica (Deployment strategy Recreate); no peering objects needed
+        memories=EventOnlyMemories(),  # no per-object memory: only on.event handlers (kopf_memory.py)
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
