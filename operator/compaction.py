@@ -4,24 +4,25 @@ of history must fit in the chart's memory limit).
 
 A terminal job's decision (lifecycle._finished) reads its status, its TTL and its pods: the pods only to stop
 those cleanPodPolicy says to stop, and to sum them up in the status (ready count, rank 0's final state). Once
-a reconcile of it wrote nothing, stopped nothing, and every pod it owns has ended (a pod with restartPolicy
-Never that ended changes no more), nothing but the TTL's clock or a change of the job itself can change its
-next decision.
+a decision of it stops nothing and every pod it owns has ended (a pod with restartPolicy Never that ended
+changes no more), and its status and Events are written, nothing but the TTL's clock or a change of the job
+itself can change its next decision.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 from .draft import TERMINAL_PHASES, Decision
 from .pods import Pod, is_finished, is_terminating
 
 
-def is_settled(status: Mapping[str, Any], pods: Sequence[Pod], decision: Decision, *, writes: bool) -> bool:
-    """status: the job's status as written (the view's). writes: this reconcile writes (or waits to write) something."""
-    if status.get("phase") not in TERMINAL_PHASES or decision.status.get("phase") != status.get("phase") or writes:
+def is_settled(decision: Decision, pods: Sequence[Pod], *, count_waits: bool) -> bool:
+    """True when, once the decision's status and Events are written, the job has nothing left to decide but its
+    TTL. count_waits: a change of the ready count is being held back (reconcile.COUNT_DELAY): not written yet."""
+    if decision.status.get("phase") not in TERMINAL_PHASES or count_waits:
         return False
-    if decision.events or decision.delete_pods or decision.delete_job or decision.create_pods or decision.create_workload:
+    if decision.delete_pods or decision.delete_job or decision.create_pods or decision.create_workload:
         return False
     if decision.workload_patch is not None or decision.delete_workload:
         return False

@@ -47,7 +47,7 @@ class Outcome:
     decision: Decision
     scrape: Optional[ScrapeTarget]  # rank 0's metrics, while the gang runs
     finishing: Optional[Future] = None  # the decision's status write, Events and stops; the next reconcile waits for it
-    settled: bool = False  # a finished job with nothing left to decide but its TTL (compaction.is_settled)
+    settled: bool = False  # once `finishing` is done: a finished job with nothing left to decide but its TTL (compaction.is_settled)
 
 
 @dataclass
@@ -135,8 +135,9 @@ class Reconciler:
         target = scrape_target(pods, decision.status["restarts"], job.spec.monitoring.port) if running else None
         if not (patch or decision.events or decision.delete_pods or decision.delete_job or decision.workload_patch or decision.delete_workload):
             metrics.record(namespace, name, meta.get("creationTimestamp"), previous, decision.status)
-            return Outcome(decision, target, settled=is_settled(previous, pods, decision, writes=wake is not None))
-        return Outcome(decision, target, self.writers.submit(finish_priority(patch), self._finish, body, patch, decision))
+            return Outcome(decision, target, settled=is_settled(decision, pods, count_waits=wake is not None))
+        return Outcome(decision, target, self.writers.submit(finish_priority(patch), self._finish, body, patch, decision),
+                       settled=is_settled(decision, pods, count_waits=wake is not None))
 
     def _finish(self, body: dict, patch: dict, decision: Decision) -> None:
         """Carry out the rest of a decision, in order: the status first, so that an operator killed from here

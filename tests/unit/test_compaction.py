@@ -8,7 +8,7 @@ import asyncio
 import copy
 
 import pytest
-from test_lifecycle import UID, make_job, pod, run, running_status  # noqa: F401  (make_job: a fixture)
+from test_lifecycle import UID, gang, make_job, pod, run, running_status  # noqa: F401  (make_job: a fixture)
 from test_view import api_pod
 
 from llm_operator.api.contract import final_state_line
@@ -36,37 +36,35 @@ def settled_status(job, pods):
 
 
 # ------------------------------------------------------------------------------------------- pure rule
-def test_a_finished_job_with_ended_pods_and_nothing_to_write_is_settled(make_job):  # noqa: F811  (the fixture)
+def test_a_finished_job_with_ended_pods_is_settled_once_its_decision_is_written(make_job):  # noqa: F811  (the fixture)
     job = make_job()
     pods = finished_pods(job.spec.training.steps)
-    status = settled_status(job, pods)
-    assert is_settled(status, pods, run(job, pods, status, now=40), writes=False)
-    assert is_settled(status, [], run(job, [], status, now=40), writes=False)
+    ending = run(job, pods, running_status(job), now=30)  # writes Succeeded, and its Event
+    assert ending.status["phase"] == "Succeeded" and ending.events
+    assert is_settled(ending, pods, count_waits=False)
+    assert is_settled(run(job, pods, settled_status(job, pods), now=40), pods, count_waits=False)
+    assert is_settled(run(job, [], settled_status(job, pods), now=40), [], count_waits=False)
 
 
-@pytest.mark.parametrize("why", ["running", "terminating", "writes", "stops", "event", "workload", "not finished"])
+@pytest.mark.parametrize("why", ["running", "terminating", "count waits", "stops", "deletes", "workload", "not finished"])
 def test_a_job_is_not_settled_while_something_can_still_change(make_job, why):  # noqa: F811  (the fixture)
     job = make_job()
     pods = finished_pods(job.spec.training.steps)
-    status = settled_status(job, pods)
-    decision = run(job, pods, status, now=40)
-    writes = False
+    decision = run(job, pods, settled_status(job, pods), now=40)
+    count_waits = why == "count waits"
     if why == "running":
         pods = [pods[0], pod(1)]
     elif why == "terminating":
         pods = [pods[0], pod(1, "Succeeded", exit_code=0, deleting=True)]
-    elif why == "writes":
-        writes = True
     elif why == "stops":
         decision.delete_pods = ["demo-worker-1"]
-    elif why == "event":
-        decision.events = [object()]  # type: ignore[list-item]
+    elif why == "deletes":
+        decision.delete_job = True  # its TTL passed: the job goes, and its DELETED event with it
     elif why == "workload":
         decision.workload_patch = {"status": {}}
     elif why == "not finished":
-        status = running_status(job)
-        decision = Decision(status=dict(status))
-    assert not is_settled(status, pods, decision, writes=writes)
+        decision = run(job, gang(), running_status(job), now=40)
+    assert not is_settled(decision, pods, count_waits=count_waits)
 
 
 @pytest.mark.parametrize("outcome", ["succeeded", "failed"])
