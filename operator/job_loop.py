@@ -24,6 +24,7 @@ import logging
 from typing import Any, Callable, Optional
 
 from .clock import utcnow
+from .headroom import Headroom
 from .kube import ForeignChild
 from .progress import ScrapeTarget, fetch_metrics, parse_progress
 from .reconcile import Reconciler
@@ -55,6 +56,7 @@ class JobLoops:
         self._tasks: dict[JobKey, asyncio.Task] = {}
         self._ttl_timers: dict[JobKey, asyncio.TimerHandle] = {}  # settled jobs: their TTL's wake-up
         self._threads = Writers(RECONCILE_THREADS, name="reconcile")
+        self.headroom = Headroom(RECONCILE_THREADS)  # first reconciles (gang creation) wait while the loop is behind
 
     # ------------------------------------------------------------------------- watch events (event loop)
     def on_job(self, type_: Optional[str], body: dict[str, Any]) -> None:
@@ -113,6 +115,7 @@ class JobLoops:
             task.cancel()
 
     async def stop_all(self) -> None:
+        self.headroom.stop()
         for timer in self._ttl_timers.values():
             timer.cancel()
         self._ttl_timers.clear()
@@ -150,7 +153,7 @@ class JobLoops:
                     poke.clear()
                     try:
                         reconcile = functools.partial(self.reconciler.reconcile_by_name, namespace, name, observed_since, reported)
-                        outcome = await asyncio.wrap_future(self._threads.submit(priority, reconcile))
+                        outcome = await self._reconcile(priority, reconcile)
                         if outcome is not None and outcome.finishing is not None:
                             await asyncio.wrap_future(outcome.finishing)
                     except Exception as exc:  # retried: whatever triggered this reconcile must not be lost
@@ -184,6 +187,15 @@ class JobLoops:
                     pass
         finally:
             self._pokes.pop(key, None)
+
+    async def _reconcile(self, priority: int, reconcile: Callable[[], Any]) -> Any:
+        if priority != FIRST:
+            return await asyncio.wrap_future(self._threads.submit(priority, reconcile))
+        await self.headroom.acquire()
+        try:
+            return await asyncio.wrap_future(self._threads.submit(priority, reconcile))
+        finally:
+            await self.headroom.release()
 
     def _settle(self, key: JobKey, wake_after: Optional[float]) -> bool:
         body = self.view.job(*key)
