@@ -5,7 +5,7 @@ of history must fit in the chart's memory limit).
 A terminal job's decision (lifecycle._finished) reads its status, its TTL and its pods: the pods only to stop
 those cleanPodPolicy says to stop, and to sum them up in the status (ready count, rank 0's final state). Once
 a decision of it stops nothing and every pod it owns has ended (a pod with restartPolicy Never that ended
-changes no more), and its status and Events are written, nothing but the TTL's clock or a change of the job
+changes no more), and its status, Events and Workload's Finished condition are written, nothing but the TTL's clock or a change of the job
 itself can change its next decision.
 """
 
@@ -24,6 +24,6 @@ def is_settled(decision: Decision, pods: Sequence[Pod], *, count_waits: bool) ->
         return False
     if decision.delete_pods or decision.delete_job or decision.create_pods or decision.create_workload:
         return False
-    if decision.workload_patch is not None or decision.delete_workload:
+    if decision.delete_workload:  # (a workload_patch, marking a finished job's Workload Finished, is written with the status)
         return False
     return all(is_finished(p) and not is_terminating(p) for p in pods)

@@ -42,6 +42,8 @@ def test_a_finished_job_with_ended_pods_is_settled_once_its_decision_is_written(
     ending = run(job, pods, running_status(job), now=30)  # writes Succeeded, and its Event
     assert ending.status["phase"] == "Succeeded" and ending.events
     assert is_settled(ending, pods, count_waits=False)
+    ending.workload_patch = {"status": {"conditions": [{"type": "Finished", "status": "True"}]}}  # written with the status
+    assert is_settled(ending, pods, count_waits=False)
     assert is_settled(run(job, pods, settled_status(job, pods), now=40), pods, count_waits=False)
     assert is_settled(run(job, [], settled_status(job, pods), now=40), [], count_waits=False)
 
@@ -61,7 +63,7 @@ def test_a_job_is_not_settled_while_something_can_still_change(make_job, why):  
     elif why == "deletes":
         decision.delete_job = True  # its TTL passed: the job goes, and its DELETED event with it
     elif why == "workload":
-        decision.workload_patch = {"status": {}}
+        decision.delete_workload = True
     elif why == "not finished":
         decision = run(job, gang(), running_status(job), now=40)
     assert not is_settled(decision, pods, count_waits=count_waits)
