@@ -216,11 +216,12 @@ def cpu_cgroup(millicores: int) -> Path:
     return path
 
 
-def start_operator(kubeconfig: Path, log_path: Path, cgroup: Path | None = None) -> subprocess.Popen:
+def start_operator(kubeconfig: Path, log_path: Path, cgroup: Path | None = None, profile: Path | None = None) -> subprocess.Popen:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(port),
+    sampler = [str(Path(__file__).resolve().parent / "sampling.py"), str(profile)] if profile else []
+    proc = subprocess.Popen([sys.executable, *sampler, "-m", "llm_operator.cli", "run", "--all-namespaces", "--health-port", str(port),
                              "--metrics-port", "0", "--log-format", "plain",
                              "--no-leader-election"],  # one operator's requests: no Lease renewals among them
                             env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=REPO,
@@ -239,12 +240,30 @@ def start_operator(kubeconfig: Path, log_path: Path, cgroup: Path | None = None)
     return proc
 
 
+def stop_operator(operator: subprocess.Popen) -> None:
+    if operator.poll() is not None:
+        return
+    operator.send_signal(signal.SIGTERM)
+    try:
+        operator.wait(30)
+    except subprocess.TimeoutExpired:
+        operator.kill()
+
+
+def quiet_cpu(pid: int, seconds: float = 2.0) -> bool:
+    """The process used under 5% of a core for `seconds`: its start-up reconciles are done."""
+    before = proc_stats(pid)["cpu_s"]
+    time.sleep(seconds)
+    return proc_stats(pid)["cpu_s"] - before < 0.05 * seconds
+
+
 def operator_phase(cluster: Cluster, admin: Kube, kubeconfig: Path, args) -> dict:
     timeline = Timeline()
     watches = watch_namespace(admin.api_client, JOBS_NS, timeline)
     wall_start = time.time()
     cgroup = cpu_cgroup(args.cpu_millicores) if args.cpu_millicores else None
-    operator = start_operator(kubeconfig, args.log, cgroup)
+    operator = start_operator(kubeconfig, args.log, cgroup, args.profile)
+    load_before = os.getloadavg()[0]
     idle = proc_stats(operator.pid)
     try:
         pods = args.jobs * args.workers
@@ -268,7 +287,7 @@ def operator_phase(cluster: Cluster, admin: Kube, kubeconfig: Path, args) -> dic
         time.sleep(args.settle)
         wall_end = time.time()
         final = proc_stats(operator.pid)
-        finished = None
+        finished = restarted = None
         if args.finish:
             done = {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "0"}}}
             in_parallel(lambda name: admin.request("PATCH", path_of("Pod", JOBS_NS, name), done, content_type="application/merge-patch+json"),
@@ -276,23 +295,27 @@ def operator_phase(cluster: Cluster, admin: Kube, kubeconfig: Path, args) -> dic
             wait_until(lambda: len(timeline.job_succeeded) >= args.jobs, 900, "every job Succeeded", interval=0.5)
             time.sleep(args.settle)
             finished = proc_stats(operator.pid)
+            if args.restart:  # a fresh operator finds N finished jobs: what it keeps of them, without the running past
+                stop_operator(operator)
+                operator = start_operator(kubeconfig, args.log.with_suffix(".restarted.log"), cgroup)
+                time.sleep(args.settle)
+                wait_until(lambda: quiet_cpu(operator.pid), 600, "the restarted operator to go quiet", interval=0.5)
+                restarted = proc_stats(operator.pid)
     finally:
-        operator.send_signal(signal.SIGTERM)
-        try:
-            operator.wait(30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
+        stop_operator(operator)
         for watch in watches:
             watch.stop()
         if cgroup is not None:
             cgroup.rmdir()
+    load_after = os.getloadavg()[0]
     time.sleep(1.5)  # the audit log is written as requests complete
 
     lags = sorted(timeline.running_lags())
     to_running = count_requests(cluster.audit_log, OPERATOR_USER, wall_start, wall_running + 1.0, frozenset({RAW_NS}))
     return {
         "operator_s": all_pods - started, "all_running_s": all_running - started, "wall_jobs": wall_jobs, "lags": lags,
-        "idle": idle, "at_all_pods": at_all_pods, "at_running": at_running, "final": final, "finished": finished, "requests": to_running,
+        "load": (load_before, load_after), "idle": idle, "at_all_pods": at_all_pods, "at_running": at_running, "final": final, "finished": finished, "restarted": restarted,
+        "requests": to_running,
         "until_all_pods": count_requests(cluster.audit_log, OPERATOR_USER, wall_jobs, wall_all_pods),
         "quiet_requests": count_requests(cluster.audit_log, OPERATOR_USER, wall_quiet, wall_noop),
         "noop_requests": count_requests(cluster.audit_log, OPERATOR_USER, wall_noop, wall_end), "noop_events": len(names),
@@ -310,7 +333,7 @@ def report(args, raw_pods_s: float, raw_s: float, op: dict) -> dict:
     per_job = {key: round(n / args.jobs, 3) for key, n in sorted(op["requests"].items())}
     result = {
         "jobs": args.jobs, "workers": args.workers, "nodes": args.nodes, "concurrency": args.concurrency,
-        "cpu_millicores": args.cpu_millicores, "raw_pods_s": round(raw_pods_s, 2),
+        "cpu_millicores": args.cpu_millicores, "load_avg_1m": [round(x, 1) for x in op["load"]], "raw_pods_s": round(raw_pods_s, 2),
         "operator_over_raw_pods": round(op["operator_s"] / raw_pods_s, 3), "raw_s": round(raw_s, 2), "operator_s": round(op["operator_s"], 2),
         "operator_over_raw": round(op["operator_s"] / raw_s, 3),
         "all_running_s": round(op["all_running_s"], 2),
@@ -328,10 +351,14 @@ def report(args, raw_pods_s: float, raw_s: float, op: dict) -> dict:
     }
     if op["finished"] is not None:
         result["rss_finished_mib"] = round(op["finished"]["rss_mib"], 1)
+    if op["restarted"] is not None:
+        result["rss_restarted_mib"] = round(op["restarted"]["rss_mib"], 1)
+        result["rss_restarted_peak_mib"] = round(op["restarted"]["peak_rss_mib"], 1)
     rows = [
         ("pods (jobs × workers)", f"{args.jobs * args.workers} ({args.jobs} × {args.workers})"),
         ("write concurrency", str(args.concurrency)),
         ("operator CPU", f"{args.cpu_millicores}m (cgroup quota)" if args.cpu_millicores else "unlimited"),
+        ("machine load (1 min) at start, end", "{:.1f}, {:.1f}".format(*op["load"])),
         ("raw loop, pods only: all pods exist", f"{result['raw_pods_s']:.2f} s"),
         ("raw loop, every child: all pods exist", f"{result['raw_s']:.2f} s"),
         ("operator: all pods exist", f"{result['operator_s']:.2f} s  (× {result['operator_over_raw']:.2f} of raw, "
@@ -349,6 +376,8 @@ def report(args, raw_pods_s: float, raw_s: float, op: dict) -> dict:
     ]
     if "rss_finished_mib" in result:
         rows.append(("operator RSS, every job Succeeded", f"{result['rss_finished_mib']:.0f} MiB"))
+    if "rss_restarted_mib" in result:
+        rows.append(("restarted operator RSS, N jobs Succeeded", f"{result['rss_restarted_mib']:.0f} MiB (peak {result['rss_restarted_peak_mib']:.0f} MiB)"))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
@@ -362,8 +391,11 @@ def one_run(args) -> dict:
     try:
         operator_kubeconfig = cluster.install()
         admin, operator_identity = Kube(client_for(cluster.kubeconfig)), Kube(client_for(operator_kubeconfig))
-        raw_pods_s = raw_pods_phase(admin, operator_identity, args)
-        raw_s = raw_fair_phase(admin, operator_identity, args)
+        if args.skip_raw:
+            raw_pods_s = raw_s = float("nan")
+        else:
+            raw_pods_s = raw_pods_phase(admin, operator_identity, args)
+            raw_s = raw_fair_phase(admin, operator_identity, args)
         cluster.kubectl("delete", "namespace", RAW_NS, FAIR_NS, "--wait=true", "--timeout=600s")
         result = report(args, raw_pods_s, raw_s, operator_phase(cluster, admin, operator_kubeconfig, args))
         print(json.dumps(result), flush=True)
@@ -385,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the control plane running")
     parser.add_argument("--cpu-millicores", type=int, default=0, help="the operator's CPU quota (100: the chart's request); 0: none")
     parser.add_argument("--finish", action="store_true", help="then end every job (pods exit 0) and report the RSS with them finished")
+    parser.add_argument("--restart", action="store_true", help="with --finish: then a fresh operator finds the N finished jobs; its RSS")
+    parser.add_argument("--profile", type=Path, help="run the operator under benchmarks/sampling.py, its samples written here")
+    parser.add_argument("--skip-raw", action="store_true", help="no raw phases (profiling, memory): the ratios are not printed")
     parser.add_argument("--runs", type=int, default=1, help="whole runs on fresh control planes; the median of each figure is printed")
     args = parser.parse_args(argv)
 

@@ -4,6 +4,9 @@ decision is due (restart backoff, deadline, TTL, stall), when rank 0's metrics c
 backoff when a reconcile fails (the API server restarting, RBAC settling, a conflict): nothing is lost.
 The watch events reach the view (view.py) here, on their way to the tasks.
 
+A finished job whose decisions are done (compaction.py) ends its task and is compacted in the view; a timer
+for its TTL, or a change of the job, starts a task again.
+
 Everything for one job runs in its task, so reconciles of a job never overlap and a burst of pod events
 coalesces into one reconcile. One job's failure never delays another's.
 
@@ -21,6 +24,7 @@ import logging
 from typing import Any, Callable, Optional
 
 from .clock import utcnow
+from .headroom import Headroom
 from .kube import ForeignChild
 from .progress import ScrapeTarget, fetch_metrics, parse_progress
 from .reconcile import Reconciler
@@ -54,7 +58,9 @@ class JobLoops:
         self.fetch = fetch
         self._pokes: dict[JobKey, asyncio.Event] = {}
         self._tasks: dict[JobKey, asyncio.Task] = {}
+        self._ttl_timers: dict[JobKey, asyncio.TimerHandle] = {}  # settled jobs: their TTL's wake-up
         self._threads = Writers(RECONCILE_THREADS, name="reconcile")
+        self.headroom = Headroom(RECONCILE_THREADS)  # first reconciles (gang creation) wait while the loop is behind
 
     # ------------------------------------------------------------------------- watch events (event loop)
     def on_job(self, type_: Optional[str], body: dict[str, Any]) -> None:
@@ -66,6 +72,8 @@ class JobLoops:
             return
         self.sync.watched("jobs", type_)
         changed = self.view.observe_job(body)
+        if self.view.is_settled(namespace, name):
+            return  # compacted, and unchanged (a change makes observe_job hold it whole again)
         self.ensure_running(namespace, name)
         if changed:
             self.poke(namespace, name)
@@ -96,17 +104,25 @@ class JobLoops:
     def ensure_running(self, namespace: str, name: str) -> None:
         """Start the job's task unless it runs. Call from the event loop (a Kopf handler)."""
         key = (namespace, name)
-        if key not in self._tasks:
+        running = self._tasks.get(key)
+        if running is None or running.done():  # done: a task that has just settled its job, before its callback ran
             task = asyncio.get_running_loop().create_task(self.run(namespace, name), name=f"job {namespace}/{name}")
             self._tasks[key] = task
             task.add_done_callback(lambda done: self._tasks.pop(key, None) if self._tasks.get(key) is done else None)
 
     def stop(self, namespace: str, name: str) -> None:
+        timer = self._ttl_timers.pop((namespace, name), None)
+        if timer is not None:
+            timer.cancel()
         task = self._tasks.pop((namespace, name), None)
         if task is not None:
             task.cancel()
 
     async def stop_all(self) -> None:
+        self.headroom.stop()
+        for timer in self._ttl_timers.values():
+            timer.cancel()
+        self._ttl_timers.clear()
         tasks = list(self._tasks.values())
         self._tasks.clear()
         for task in tasks:
@@ -143,7 +159,7 @@ class JobLoops:
                     poke.clear()
                     try:
                         reconcile = functools.partial(self.reconciler.reconcile_by_name, namespace, name, observed_since, reported)
-                        outcome = await asyncio.wrap_future(self._threads.submit(priority, reconcile))
+                        outcome = await self._reconcile(priority, reconcile)
                         if outcome is not None and outcome.finishing is not None:
                             await asyncio.wrap_future(outcome.finishing)
                     except Exception as exc:  # retried: whatever triggered this reconcile must not be lost
@@ -156,6 +172,8 @@ class JobLoops:
                     failures, priority = 0, LATER
                     if outcome is None:
                         return  # the job is gone
+                    if outcome.settled and not poke.is_set() and self._settle(key, outcome.decision.wake_after):
+                        return  # compacted: a timer (its TTL) or a change of the job starts a task again
                     target = outcome.scrape if self.progress_interval > 0 else None  # 0: progress reading is off
                     if target is None:
                         reported = None
@@ -175,6 +193,27 @@ class JobLoops:
                     pass
         finally:
             self._pokes.pop(key, None)
+
+    async def _reconcile(self, priority: int, reconcile: Callable[[], Any]) -> Any:
+        if priority != FIRST:
+            return await asyncio.wrap_future(self._threads.submit(priority, reconcile))
+        await self.headroom.acquire()
+        try:
+            return await asyncio.wrap_future(self._threads.submit(priority, reconcile))
+        finally:
+            await self.headroom.release()
+
+    def _settle(self, key: JobKey, wake_after: Optional[float]) -> bool:
+        body = self.view.job(*key)
+        if body is None or not self.view.settle(*key, body["metadata"].get("uid")):
+            return False
+        if wake_after is not None:
+            self._ttl_timers[key] = asyncio.get_running_loop().call_later(wake_after, self._ttl_due, key)
+        return True
+
+    def _ttl_due(self, key: JobKey) -> None:
+        self._ttl_timers.pop(key, None)
+        self.ensure_running(*key)
 
     async def _scrape(self, target: ScrapeTarget) -> Optional[dict[str, Any]]:
         try:

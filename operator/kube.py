@@ -174,6 +174,15 @@ class Kube:
             if exc.status not in (404, 409):  # gone already, or a namesake
                 raise
 
+    def get_job(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        """The job as the API server holds it; None if there is none."""
+        try:
+            return self.request("GET", path_of(KIND, namespace, name))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return None
+
     def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         """A JSON merge patch of status (null removes a key); the job as it is now."""
         return self.request("PATCH", path_of(KIND, namespace, name) + "/status", {"status": status},

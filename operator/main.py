@@ -16,6 +16,7 @@ from kubernetes import config as kube_config
 
 from . import handlers, kueue
 from .job_loop import JobLoops
+from .kopf_memory import EventOnlyMemories
 from .kube import Kube
 from .leader_election import DRAIN_SECONDS, Elector
 from .lifecycle import LifecycleSettings
@@ -193,6 +194,7 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
                                                       "leader_election": leader_election})
     kopf.run(
         standalone=True,  # no Kopf peering (not a Lease; 60 s after a crash): our own Lease decides who writes
+        memories=EventOnlyMemories(),  # no per-object memory: only on.event handlers (kopf_memory.py)
         clusterwide=not namespaces,
         namespaces=namespaces,
     )

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Optional
 from kubernetes.client.exceptions import ApiException
 
 from . import kueue, metrics
+from .compaction import is_settled
 from .api import SpecError, parse_job
 from .clock import rfc3339, utcnow
 from .conditions import FAILED, set_condition
@@ -46,6 +47,7 @@ class Outcome:
     decision: Decision
     scrape: Optional[ScrapeTarget]  # rank 0's metrics, while the gang runs
     finishing: Optional[Future] = None  # the decision's status write, Events and stops; the next reconcile waits for it
+    settled: bool = False  # once `finishing` is done: a finished job with nothing left to decide but its TTL (compaction.is_settled)
 
 
 @dataclass
@@ -63,6 +65,8 @@ class Reconciler:
         """None when the job is gone, going, or its namespace is (its children are left to the garbage collector)."""
         with metrics.RECONCILE_SECONDS.time():
             body = self.view.job(namespace, name)
+            if body is None and self.view.is_settled(namespace, name):
+                body = self._recall_settled(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp") or self.view.is_terminating(namespace):
                 self._forget(namespace, name)
                 return None
@@ -77,6 +81,17 @@ class Reconciler:
                 raise
             metrics.RECONCILES.labels(result="ok").inc()
             return outcome
+
+    def _recall_settled(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        """A settled job woken by its TTL: the view kept only its digest, so the job is read once (None: gone)."""
+        uid = self.view.settled_uid(namespace, name)
+        fetched = self.kube.get_job(namespace, name)
+        if fetched is None or fetched["metadata"].get("uid") != uid:
+            if fetched is None:  # deleted meanwhile, and its DELETED event not seen yet
+                self.view.forget_job({"metadata": {"namespace": namespace, "name": name, "uid": uid}})
+            return self.view.job(namespace, name)
+        self.view.recall_job(fetched)
+        return self.view.job(namespace, name)
 
     def _leave_to_garbage_collector(self, namespace: str, name: str) -> None:
         log.info("namespace %s is being deleted: leaving job %s to the garbage collector", namespace, name)
@@ -120,8 +135,9 @@ class Reconciler:
         target = scrape_target(pods, decision.status["restarts"], job.spec.monitoring.port) if running else None
         if not (patch or decision.events or decision.delete_pods or decision.delete_job or decision.workload_patch or decision.delete_workload):
             metrics.record(namespace, name, meta.get("creationTimestamp"), previous, decision.status)
-            return Outcome(decision, target)
-        return Outcome(decision, target, self.writers.submit(finish_priority(patch), self._finish, body, patch, decision))
+            return Outcome(decision, target, settled=is_settled(decision, pods, count_waits=wake is not None))
+        return Outcome(decision, target, self.writers.submit(finish_priority(patch), self._finish, body, patch, decision),
+                       settled=is_settled(decision, pods, count_waits=wake is not None))
 
     def _finish(self, body: dict, patch: dict, decision: Decision) -> None:
         """Carry out the rest of a decision, in order: the status first, so that an operator killed from here

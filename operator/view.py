@@ -9,15 +9,23 @@ a tombstone, so a late event or response never brings it back. A watch that is r
 server restarted, or its history expired) does not say what was deleted meanwhile: replace_pods and
 replace_jobs take a fresh listing for that.
 
+A finished job whose decisions are done (settle: terminal, nothing left to write or stop, every pod ended) is
+compacted until its TTL fires or it is deleted: its pods and Workload leave the view, its record shrinks to
+its resource version, UID and a digest of its slim body (SettledJob), and later events of its pods are not
+stored. A job event that changes what the digest covers brings the whole job back (recall_job); so does the
+job's TTL, through a GET (reconcile.py). A finished job's decisions read only its status and TTL: its spec
+is immutable, and its ended pods are already summed up in its status (tests/unit/test_compaction.py).
+
 Thread-safe: watch events arrive on the event loop, reconciles read and merge from worker threads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 from .kueue import GROUP as KUEUE_GROUP
 from .kueue import slim_workload
@@ -77,6 +85,19 @@ def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
             "spec": json.dumps(body.get("spec") or {}, separators=(",", ":")), "status": body.get("status") or {}}
 
 
+class SettledJob(NamedTuple):
+    """What the view keeps of a settled job: enough to tell a change (digest), a namesake (uid) and an old event."""
+
+    version: str
+    uid: Optional[str]
+    digest: bytes
+
+
+def job_digest(slim: Mapping[str, Any]) -> bytes:
+    """16 bytes that change with anything a decision reads of the slim job."""
+    return hashlib.blake2b(json.dumps(slim, sort_keys=True, separators=(",", ":")).encode(), digest_size=16).digest()
+
+
 class ClusterView:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -85,6 +106,7 @@ class ClusterView:
         self._tombstones: dict[str, float] = {}  # uid of a deleted pod or job → when (monotonic)
         self._terminating: set[str] = set()  # namespaces being deleted
         self._workloads: dict[JobKey, tuple[str, dict]] = {}  # Kueue Workloads (kueue.slim_workload) → (resourceVersion, slim)
+        self._settled: dict[JobKey, SettledJob] = {}  # finished jobs with nothing left to decide but their TTL
 
     # -------------------------------------------------------------------------------------------- jobs
     def job(self, namespace: str, name: str) -> Optional[dict]:
@@ -94,19 +116,72 @@ class ClusterView:
 
     def job_keys(self) -> list[JobKey]:
         with self._lock:
-            return list(self._jobs)
+            return [*self._jobs, *self._settled]
 
     def observe_job(self, body: Mapping[str, Any]) -> bool:
         """A job from the watch or from a response; True if what a decision reads changed."""
         meta = body["metadata"]
         key, version = (meta["namespace"], meta["name"]), meta.get("resourceVersion") or ""
         with self._lock:
+            if meta.get("uid") in self._tombstones:
+                return False  # a deleted job's late event
+            settled = self._settled.get(key)
+            if settled is not None:
+                return self._observe_settled(key, settled, version, body)
             old = self._jobs.get(key)
-            if meta.get("uid") in self._tombstones or (old is not None and not is_newer(version, old[0])):
-                return False  # a deleted job's late event, or older than what the view holds
+            if old is not None and not is_newer(version, old[0]):
+                return False  # older than what the view holds
             slim = slim_job(body)
             self._jobs[key] = (version, slim)
         return old is None or old[1] != slim
+
+    def _observe_settled(self, key: JobKey, settled: SettledJob, version: str, body: Mapping[str, Any]) -> bool:
+        same_job = settled.uid == body["metadata"].get("uid")
+        if same_job and not is_newer(version, settled.version):
+            return False
+        slim = slim_job(body)
+        if same_job and job_digest(slim) == settled.digest:
+            self._settled[key] = settled._replace(version=version)
+            return False
+        del self._settled[key]  # changed, or a namesake: a whole job again (its ended pods are not needed back)
+        self._jobs[key] = (version, slim)
+        return True
+
+    # ------------------------------------------------------------------------------- settled jobs
+    def settle(self, namespace: str, name: str, uid: Optional[str]) -> bool:
+        """Compact a finished job whose decisions are done (compaction.is_settled): drop its pods and Workload, keep
+        a SettledJob. False if the view holds no such job (or a namesake)."""
+        key = (namespace, name)
+        with self._lock:
+            entry = self._jobs.get(key)
+            if entry is None or entry[1]["metadata"].get("uid") != uid:
+                return False
+            del self._jobs[key]
+            self._settled[key] = SettledJob(entry[0], uid, job_digest(entry[1]))
+            self._pods.pop(key, None)
+            self._workloads.pop(key, None)
+            return True
+
+    def is_settled(self, namespace: str, name: str) -> bool:
+        with self._lock:
+            return (namespace, name) in self._settled
+
+    def settled_uid(self, namespace: str, name: str) -> Optional[str]:
+        with self._lock:
+            settled = self._settled.get((namespace, name))
+        return settled.uid if settled is not None else None
+
+    def recall_job(self, body: Mapping[str, Any]) -> bool:
+        """The whole job again, fetched for a settled one (its TTL fired): False if it is a namesake, deleted, or older."""
+        meta = body["metadata"]
+        key, version = (meta["namespace"], meta["name"]), meta.get("resourceVersion") or ""
+        with self._lock:
+            settled = self._settled.get(key)
+            if meta.get("uid") in self._tombstones or settled is None or settled.uid != meta.get("uid"):
+                return key in self._jobs and self._jobs[key][1]["metadata"].get("uid") == meta.get("uid")
+            del self._settled[key]
+            self._jobs[key] = (version, slim_job(body))
+            return True
 
     def forget_job(self, body: Mapping[str, Any]) -> bool:
         """The job was deleted; False if the view holds a namesake created since (that one stays)."""
@@ -114,6 +189,12 @@ class ClusterView:
         key = (meta["namespace"], meta["name"])
         with self._lock:
             self._bury(meta.get("uid"))
+            settled = self._settled.get(key)
+            if settled is not None:
+                if settled.uid != meta.get("uid"):
+                    return False
+                del self._settled[key]
+                return True
             old = self._jobs.get(key)
             if old is not None and old[1]["metadata"].get("uid") != meta.get("uid"):
                 return False
@@ -135,6 +216,10 @@ class ClusterView:
             return None
         key, name, uid, version = (meta["namespace"], job), meta["name"], meta.get("uid"), meta.get("resourceVersion") or ""
         with self._lock:
+            if key in self._settled:  # its ended pods are summed up in its status: nothing to keep
+                if deleted:
+                    self._bury(uid)
+                return None
             pods = self._pods.get(key, {})
             old = pods.get(name)
             same_pod = old is not None and old[1]["metadata"]["uid"] == uid
@@ -185,6 +270,11 @@ class ClusterView:
                     self._bury(uid)
                     del self._jobs[key]
                     gone.add(key)
+            for key, settled in list(self._settled.items()):
+                if (namespaces is None or key[0] in namespaces) and settled.uid not in listed and not is_newer(settled.version, version):
+                    self._bury(settled.uid)
+                    del self._settled[key]
+                    gone.add(key)
         return gone
 
     def _bury(self, uid: Optional[str]) -> None:
@@ -214,6 +304,10 @@ class ClusterView:
             return None
         key, uid, version = (meta["namespace"], job), meta.get("uid"), meta.get("resourceVersion") or ""
         with self._lock:
+            if key in self._settled:  # marked Finished before the job settled (compaction.is_settled)
+                if deleted:
+                    self._bury(uid)
+                return None
             old = self._workloads.get(key)
             same = old is not None and old[1]["metadata"].get("uid") == uid
             if deleted:
@@ -265,9 +359,13 @@ class ClusterView:
 
     def jobs_in(self, namespace: str) -> list[JobKey]:
         with self._lock:
-            return [key for key in self._jobs if key[0] == namespace]
+            return [key for key in (*self._jobs, *self._settled) if key[0] == namespace]
 
     def size(self) -> tuple[int, int]:
-        """(jobs, pods) held."""
+        """(jobs, pods) held; settled jobs count as jobs."""
         with self._lock:
-            return len(self._jobs), sum(len(p) for p in self._pods.values())
+            return len(self._jobs) + len(self._settled), sum(len(p) for p in self._pods.values())
+
+    def settled_count(self) -> int:
+        with self._lock:
+            return len(self._settled)

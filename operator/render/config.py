@@ -11,6 +11,10 @@ from ..api.deepspeed_config import build_deepspeed_config
 from .names import RenderContext, config_map_name, object_meta, worker_fqdn
 from .env import static_env
 
+# libyaml's emitter: the same text as PyYAML's own, 20 times faster. The pure-Python one was 95% of a gang's
+# rendering, the largest part of the operator's CPU while 1000 jobs are created at once (issue 22).
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 
 def build_hostfile(job: LLMTrainingJob, ctx: RenderContext) -> str:
     """One `<pod fqdn> slots=<n>` line per worker, in node-rank order (DeepSpeed's hostfile format)."""
@@ -26,7 +30,7 @@ def build_job_manifest(job: LLMTrainingJob) -> str:
         "metadata": {"name": job.metadata.name, "namespace": job.metadata.namespace},
         "spec": job.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     }
-    return yaml.safe_dump(manifest, sort_keys=False)
+    return yaml.dump(manifest, Dumper=_DUMPER, sort_keys=False)
 
 
 def build_deepspeed_env(job: LLMTrainingJob) -> str:
