@@ -199,6 +199,15 @@ class Kube:
                     served.add(group_version)
         return frozenset(served)
 
+    def node_labels(self, name: str) -> dict[str, str]:
+        """A node's labels (its topology domains: status.placement)."""
+        return dict((self.request("GET", f"/api/v1/nodes/{name}")["metadata"].get("labels") or {}))
+
+    def dry_run_create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The object as the API server would store it (admission, defaulting, disabled fields dropped); nothing is persisted."""
+        meta = obj["metadata"]
+        return self.request("POST", path_of(obj["kind"], meta["namespace"], api_version=obj.get("apiVersion")), obj, query=[("dryRun", "All")])
+
     def list(self, kind: str, namespace: Optional[str] = None) -> tuple[list[dict[str, Any]], str]:
         """Every job, or every pod or Kueue Workload labelled for a job, in a namespace (None: all); and the list's
         resource version."""

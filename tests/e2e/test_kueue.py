@@ -292,6 +292,8 @@ def test_topology_required_block_lands_in_one_block_waits_whole_when_none_is_fre
     wl = workload(cp, namespace, "block4")
     assert wl["spec"]["podSets"][0]["topologyRequest"]["required"] == BLOCK
     assert wait_phase(cp, operator, namespace, "block4", "Running")["status"]["conditions"]
+    assert cp.wait_for(lambda: get_job(cp, namespace, "block4")["status"].get("placement"), timeout=30,
+                       what="block4's status.placement") == f"{BLOCK}=b1 (all 4 workers)"
 
     second = queued_job("block3", nodes=3)
     second["spec"].update(slotsPerNode=4, gang={"topology": {"required": BLOCK}})  # 12 GPUs: b1 is taken, b2 has 8
