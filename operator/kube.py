@@ -171,6 +171,19 @@ class Kube:
         precondition: 409 Conflict if Kueue wrote meanwhile); the Workload as it is now."""
         return self.request("PATCH", kueue_path(namespace, name) + "/status", patch, content_type="application/merge-patch+json")
 
+    def get_workload(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        """A Workload by name; None if there is none."""
+        try:
+            return self.request("GET", kueue_path(namespace, name))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return None
+
+    def patch_workload(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of a Workload (metadata.resourceVersion, if given, is a precondition); the Workload as it is now."""
+        return self.request("PATCH", kueue_path(namespace, name), patch, content_type="application/merge-patch+json")
+
     def delete_workload(self, namespace: str, name: str) -> None:
         try:
             self.request("DELETE", kueue_path(namespace, name))

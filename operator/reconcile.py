@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from kubernetes.client.exceptions import ApiException
 
-from . import kueue, metrics
+from . import kueue, metrics, multikueue
 from .api import SpecError, parse_job
 from .clock import rfc3339, utcnow
 from .conditions import FAILED, set_condition
@@ -101,6 +101,8 @@ class Reconciler:
         if job.spec.managed_by is not None:
             return Outcome(self._dispatched(job, previous), None)
         gang_plan = plan_gang(job, self.ctx)
+        if self.settings.kueue and multikueue.prebuilt_workload_name(job) and self.view.workload(namespace, name, meta.get("uid")) is None:
+            self._adopt_prebuilt_workload(job)
 
         def decide_now() -> tuple[list[dict], Decision]:
             pods = self.view.pods(namespace, name, meta.get("uid"))
@@ -222,6 +224,22 @@ class Reconciler:
         if self.settings.kueue and kueue.queue_name(job) and self.view.workload(meta.namespace, meta.name, meta.uid) is None:
             self._create_workload(job, int(previous.get("restarts") or 0))
         return Decision(status=dict(previous))
+
+    def _adopt_prebuilt_workload(self, job) -> None:
+        """MultiKueue's Workload for a job it copied here (multikueue.py): made the job's, then seen by the view."""
+        meta = job.metadata
+        name = multikueue.prebuilt_workload_name(job) or ""
+        workload = self.kube.get_workload(meta.namespace, name)
+        plan = multikueue.adoption(job, workload)
+        if workload is None:
+            return
+        if plan.action == multikueue.ADOPT:
+            workload = self.kube.patch_workload(meta.namespace, name, multikueue.adoption_patch(job, workload))
+            log.info("%s", plan.message, extra={"job": meta.name})
+        elif plan.action == multikueue.FOREIGN:
+            log.warning("%s", plan.message, extra={"job": meta.name})
+        if plan.action in (multikueue.ADOPT, multikueue.USE):
+            self.view.observe_workload(workload)
 
     def _admitted_flavors(self, job) -> list[dict]:
         """The ResourceFlavors Kueue admitted the job's Workload on (none for a job Kueue does not queue)."""
