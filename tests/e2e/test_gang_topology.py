@@ -73,6 +73,8 @@ def test_without_the_gate_required_fails_naming_the_field_and_preferred_runs_say
     labels = {n["metadata"]["name"]: n["metadata"]["labels"] for n in cp.get_json("nodes", "-l", cp.GPU_NODE_SELECTOR)["items"]}
     line = wait_for_placement(cp, namespace, "preferred")
     assert line == placement(BLOCK, 3, pods, labels) and line.startswith(f"{BLOCK}: ") and "b1 (worker" in line and "b2 (worker" in line
+    cp.kubectl("-n", namespace, "delete", "ltj", "preferred", "--wait=true", timeout=120)  # its 24 GPUs are the next test's
+    cp.wait_for(lambda: not job_pods(cp, namespace, "preferred"), timeout=60, what="preferred's pods gone")
 
 
 def wait_for_placement(cp, namespace: str, name: str) -> str:
