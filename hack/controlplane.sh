@@ -27,7 +27,11 @@
 #   LLMTO_CP_FEATURE_GATES   feature gates of the API server, controller-manager and scheduler (default GenericWorkload=true:
 #                            kube-scheduler's own gang scheduling, the scheduling.k8s.io/v1beta1 Workload and PodGroup
 #                            APIs, which the API server then serves, and the controller-manager's PodGroup protection
-#                            controller that removes their finalizer). Empty: none.
+#                            controller that removes their finalizer). Empty: none. Also read by `restart`, so one
+#                            test can turn a gate on for a while and back off again, e.g. kube-scheduler's
+#                            topology constraint for gangs (PodGroup schedulingConstraints.topology):
+#                            LLMTO_CP_FEATURE_GATES=GenericWorkload=true,TopologyAwareWorkloadScheduling=true \
+#                              hack/controlplane.sh restart kube-apiserver   (and kube-scheduler)
 #   LLMTO_CP_APISERVER_PORT, LLMTO_CP_ETCD_PORT, LLMTO_CP_ETCD_PEER_PORT   fixed ports (default: free ones)
 #   GO                       go binary (default: go on PATH)
 #

@@ -194,6 +194,19 @@ class Kube:
         precondition: 409 Conflict if Kueue wrote meanwhile); the Workload as it is now."""
         return self.request("PATCH", kueue_path(namespace, name) + "/status", patch, content_type="application/merge-patch+json")
 
+    def get_workload(self, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        """A Workload by name; None if there is none."""
+        try:
+            return self.request("GET", kueue_path(namespace, name))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return None
+
+    def patch_workload(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of a Workload (metadata.resourceVersion, if given, is a precondition); the Workload as it is now."""
+        return self.request("PATCH", kueue_path(namespace, name), patch, content_type="application/merge-patch+json")
+
     def delete_workload(self, namespace: str, name: str) -> None:
         try:
             self.request("DELETE", kueue_path(namespace, name))
@@ -221,6 +234,15 @@ class Kube:
                 if any(r.get("name") == resource for r in resources.get("resources") or []):
                     served.add(group_version)
         return frozenset(served)
+
+    def node_labels(self, name: str) -> dict[str, str]:
+        """A node's labels (its topology domains: status.placement)."""
+        return dict((self.request("GET", f"/api/v1/nodes/{name}")["metadata"].get("labels") or {}))
+
+    def dry_run_create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The object as the API server would store it (admission, defaulting, disabled fields dropped); nothing is persisted."""
+        meta = obj["metadata"]
+        return self.request("POST", path_of(obj["kind"], meta["namespace"], api_version=obj.get("apiVersion")), obj, query=[("dryRun", "All")])
 
     def list(self, kind: str, namespace: Optional[str] = None) -> tuple[list[dict[str, Any]], str]:
         """Every job, or every pod or Kueue Workload labelled for a job, in a namespace (None: all); and the list's

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from .api import LLMTrainingJob
+from .multikueue import prebuilt_workload_name
 from .render.names import JOB_NAME_LABEL, NODE_RANK_LABEL, RenderContext, labels, owner_reference
 
 GROUP = "kueue.x-k8s.io"
@@ -58,7 +59,11 @@ def priority_class(job: LLMTrainingJob) -> Optional[str]:
 
 
 def workload_name(job: LLMTrainingJob) -> str:
-    """<job>-<hash of its UID>: a namesake job (deleted and created again) never takes the old one's Workload."""
+    """<job>-<hash of its UID>: a namesake job (deleted and created again) never takes the old one's Workload. A job that
+    MultiKueue copied here: the Workload it created with it (multikueue.py)."""
+    prebuilt = prebuilt_workload_name(job)
+    if prebuilt is not None:
+        return prebuilt
     digest = hashlib.sha256((job.metadata.uid or "").encode()).hexdigest()[:8]
     return f"{job.metadata.name}-{digest}"
 

@@ -13,6 +13,7 @@ import kopf
 import prometheus_client
 from kubernetes import client
 from kubernetes import config as kube_config
+from kubernetes.client.exceptions import ApiException
 
 from . import handlers, kueue
 from .job_loop import JobLoops
@@ -23,7 +24,7 @@ from .lifecycle import LifecycleSettings
 from .probes import ProbeServer, ProbeState
 from .reconcile import WRITE_CONCURRENCY, Reconciler
 from .render import RenderContext
-from .render.gang import GANG_APIS, default_gang_scheduler
+from .render.gang import GANG_APIS, KUBERNETES_API, default_gang_scheduler, keeps_topology, topology_probe_pod_group
 from .render.names import JOB_NAME_LABEL
 from .replica import Leadership, lease_namespace, replica_identity, user_agent
 from .view import ClusterView
@@ -63,6 +64,32 @@ def discover_gang_apis(kube: Kube, attempts: int = 6) -> frozenset[str]:
                 raise
             log.warning("API discovery of the PodGroup APIs failed (retrying): %s", exc)
             time.sleep(2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def discover_pod_group_topology(kube: Kube, gang_apis: frozenset[str], namespace: str, attempts: int = 6) -> bool:
+    """Whether the API server keeps PodGroup spec.schedulingConstraints.topology (gate TopologyAwareWorkloadScheduling),
+    from a dry-run create of a probe PodGroup in `namespace` (render/gang.py says why not the OpenAPI schema). A refusal
+    (no right to create PodGroups there, no such namespace, a probe it finds invalid) means no: jobs that require a
+    topology then fail saying so, rather than run unplaced."""
+    if KUBERNETES_API not in gang_apis:
+        return False
+    for attempt in range(attempts):
+        try:
+            return keeps_topology(kube.dry_run_create(topology_probe_pod_group(namespace)))
+        except ApiException as exc:
+            if exc.status is not None and 400 <= exc.status < 500:
+                log.warning("PodGroup topology discovery: a dry-run PodGroup in namespace %s was refused (%s %s): taken as not served",
+                            namespace, exc.status, exc.reason)
+                return False
+            if attempt == attempts - 1:
+                raise
+            log.warning("PodGroup topology discovery failed (retrying): %s", exc)
+        except Exception as exc:  # the API server not reachable yet
+            if attempt == attempts - 1:
+                raise
+            log.warning("PodGroup topology discovery failed (retrying): %s", exc)
+        time.sleep(2 ** attempt)
     raise AssertionError("unreachable")
 
 
@@ -141,12 +168,17 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
         elector = Elector(Kube(lease_client), lease_namespace(), identity, on_started=leadership.became_leader,
                           on_lost=exit_on_lost_lease(leadership))
     gang_apis = discover_gang_apis(kube)
+    # a namespace the operator may create PodGroups in: a watched one, else `default` (cluster-wide rights)
+    pod_group_topology = discover_pod_group_topology(kube, gang_apis, namespaces[0] if namespaces else "default")
     ctx = RenderContext(cluster_domain=cluster_domain, gang_apis=gang_apis, default_gang_scheduler=gang_scheduler,
+                        pod_group_topology=pod_group_topology,
                         volcano_scheduler_name=volcano_scheduler_name, coscheduling_scheduler_name=coscheduling_scheduler_name,
                         # the image program jobs' init containers copy the launcher from (the chart's trainer image)
                         launcher_image=os.environ.get(LAUNCHER_IMAGE_ENV) or RenderContext.launcher_image)
     log.info("gang scheduling: %s served; jobs that name no gang scheduler use %s", ", ".join(sorted(gang_apis)) or "no PodGroup API",
              default_gang_scheduler(gang_scheduler, gang_apis))
+    log.info("PodGroup schedulingConstraints.topology (gate TopologyAwareWorkloadScheduling): %s",
+             "kept by the API server" if pod_group_topology else "not served: spec.gang.topology needs Kueue")
     reconciler = Reconciler(kube=kube, view=ClusterView(), ctx=ctx, emit=kube.post_event,
                             generate_ssh_keys=generate_job_keys, settings=lifecycle or LifecycleSettings())
     kueue_on = reconciler.settings.kueue

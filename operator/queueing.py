@@ -10,12 +10,15 @@ from .clock import seconds_between
 from .conditions import CREATED, FAILED, QUEUED, RESTARTING, RUNNING, PROGRESS_STALLED, SUCCEEDED, find, is_true
 from .draft import Decision, Draft, Event
 from .kueue import Admission, admission_of, finish_patch, queue_name, release_quota_patch
+from .multikueue import adoption, prebuilt_workload_name
 from .pods import Pod, restart_of
 
 
 def queued_by_kueue(d: Draft) -> bool:
     """Labelled with a LocalQueue, and either queued already or not started: a label added to a job that already
     ran without Kueue does not stop it (Kueue's own webhooks forbid that edit on a running job)."""
+    if prebuilt_workload_name(d.job) is not None:  # copied here by MultiKueue: queued on this cluster by its Workload
+        return True
     return queue_name(d.job) is not None and (find(d.conditions, QUEUED) is not None or not d.status.get("startTime"))
 
 
@@ -40,15 +43,20 @@ def wait_for_admission(d: Draft, pods: Sequence[Pod], admission: Admission, work
         d.condition(RUNNING, "False", "Evicted", message)
         d.clear(RESTARTING, "Evicted", message)
         d.clear(PROGRESS_STALLED, "Evicted", message)
-    elif not is_true(d.conditions, QUEUED):
+    elif not admission.exists and prebuilt_workload_name(d.job) is not None:
         d.phase = "Pending"
+        d.condition(QUEUED, "True", "WaitingForPrebuiltWorkload", adoption(d.job, None).message)
+    else:
         why = f": {admission.pending_message}" if admission.pending_message else ""
-        d.condition(QUEUED, "True", "WaitingForAdmission", f"waiting for Kueue admission in LocalQueue {queue}{why}")
-    elif admission.pending_message and (find(d.conditions, QUEUED) or {}).get("reason") == "WaitingForAdmission":  # Kueue's reason may change
-        d.condition(QUEUED, "True", "WaitingForAdmission", f"waiting for Kueue admission in LocalQueue {queue}: {admission.pending_message}")
+        reason = (find(d.conditions, QUEUED) or {}).get("reason")
+        if not is_true(d.conditions, QUEUED):
+            d.phase = "Pending"
+            d.condition(QUEUED, "True", "WaitingForAdmission", f"waiting for Kueue admission in LocalQueue {queue}{why}")
+        elif (admission.pending_message and reason == "WaitingForAdmission") or reason == "WaitingForPrebuiltWorkload":  # Kueue's reason may change
+            d.condition(QUEUED, "True", "WaitingForAdmission", f"waiting for Kueue admission in LocalQueue {queue}{why}")
     d.stop(pods)
     actions: dict[str, Any] = {}
-    if not admission.exists:
+    if not admission.exists and prebuilt_workload_name(d.job) is None:  # a prebuilt one is adopted, never created (reconcile.py)
         actions["create_workload"] = True
     elif evicted is not None and admission.reserved and not pods and workload is not None:
         actions["workload_patch"] = release_quota_patch(workload, d.stamp)
@@ -73,5 +81,5 @@ def settle_workload(d: Draft, decision: Decision, workload: Mapping[str, Any]) -
     if decision.finished and not admission.finished and decision.workload_patch is None:
         message = next((c["message"] for c in decision.status["conditions"] if c["type"] in (SUCCEEDED, FAILED) and c["status"] == "True"), "")
         decision.workload_patch = finish_patch(workload, decision.status["phase"] == "Succeeded", message, d.stamp)
-    elif d.job.spec.run_policy.suspend and not admission.finished:
+    elif d.job.spec.run_policy.suspend and not admission.finished and prebuilt_workload_name(d.job) is None:  # MultiKueue's stays
         decision.delete_workload = True

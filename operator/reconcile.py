@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from kubernetes.client.exceptions import ApiException
 
-from . import kueue, metrics
+from . import kueue, metrics, multikueue
 from .compaction import is_settled
 from .api import SpecError, parse_job
 from .clock import rfc3339, utcnow
@@ -27,7 +27,8 @@ from .conditions import FAILED, set_condition
 from .health import set_health_conditions
 from .kube import Kube, NamespaceTerminating
 from .lifecycle import Decision, Event, LifecycleSettings, decide, status_patch
-from .pods import name_of
+from .placement import nodes_of, placement
+from .pods import name_of, restart_of
 from .progress import ScrapeTarget, scrape_target
 from .render import RenderContext, build_worker_pod, render_children
 from .render.gang import plan_gang
@@ -60,6 +61,8 @@ class Reconciler:
     settings: LifecycleSettings = LifecycleSettings()
     writers: Writers = field(default_factory=lambda: Writers(WRITE_CONCURRENCY))
     _counts_pending: dict[tuple[str, str], float] = field(default_factory=dict)  # job → since when (monotonic)
+    _node_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # node → labels, read once (status.placement)
+    _nodes_unreadable: bool = False  # the operator may not read nodes (an older chart's rules): no placement, said once
 
     def reconcile_by_name(self, namespace: str, name: str, observed_since: datetime, reported: Optional[Mapping[str, Any]] = None) -> Optional[Outcome]:
         """None when the job is gone, going, or its namespace is (its children are left to the garbage collector)."""
@@ -113,6 +116,8 @@ class Reconciler:
         if job.spec.managed_by is not None:
             return Outcome(self._dispatched(job, previous), None)
         gang_plan = plan_gang(job, self.ctx)
+        if self.settings.kueue and multikueue.prebuilt_workload_name(job) and self.view.workload(namespace, name, meta.get("uid")) is None:
+            self._adopt_prebuilt_workload(job)
 
         def decide_now() -> tuple[list[dict], Decision]:
             pods = self.view.pods(namespace, name, meta.get("uid"))
@@ -121,12 +126,14 @@ class Reconciler:
                                 reported=reported, settings=self.settings, gang_plan=gang_plan, workload=workload)
 
         pods, decision = decide_now()
+        self._record_placement(job, pods, decision)
         if decision.create_workload:
             self._create_workload(job, decision.status["restarts"])
             pods, decision = decide_now()  # with the Workload just created (merged into the view)
         if decision.create_pods:
             self._create_gang(job, pods, restart=decision.status["restarts"])
             pods, decision = decide_now()  # with the gang just created (merged into the view)
+            self._record_placement(job, pods, decision)
 
         patch, wake = self._status_to_write(namespace, name, previous, decision.status)
         if wake is not None:
@@ -204,6 +211,27 @@ class Reconciler:
             if created:
                 log.info("created %s", ", ".join(created), extra={"job": job.metadata.name})
 
+    def _record_placement(self, job, pods: list[dict], decision: Decision) -> None:
+        """status.placement of a job with spec.gang.topology, once its gang is bound (placement.py)."""
+        topology = job.spec.gang.topology
+        if topology is None or self._nodes_unreadable:
+            return
+        gang = [p for p in pods if restart_of(p) == decision.status["restarts"]]
+        for node in nodes_of(gang):
+            if node not in self._node_labels:
+                try:
+                    self._node_labels[node] = self.kube.node_labels(node)
+                except ApiException as exc:
+                    if exc.status == 403:
+                        self._nodes_unreadable = True
+                        log.warning("may not read nodes (RBAC get nodes): status.placement is not recorded")
+                        return
+                    if exc.status != 404:  # a node gone meanwhile has no placement to tell
+                        raise
+        line = placement(topology.level, job.spec.nodes, gang, self._node_labels)
+        if line is not None:
+            decision.status["placement"] = line
+
     def _dispatched(self, job, previous: Mapping[str, Any]) -> Decision:
         """spec.managedBy (MultiKueue, on the manager cluster): Kueue runs a copy of the job on a worker cluster and copies
         its status back here, so the operator only creates the job's Workload (which MultiKueue dispatches) and never
@@ -212,6 +240,22 @@ class Reconciler:
         if self.settings.kueue and kueue.queue_name(job) and self.view.workload(meta.namespace, meta.name, meta.uid) is None:
             self._create_workload(job, int(previous.get("restarts") or 0))
         return Decision(status=dict(previous))
+
+    def _adopt_prebuilt_workload(self, job) -> None:
+        """MultiKueue's Workload for a job it copied here (multikueue.py): made the job's, then seen by the view."""
+        meta = job.metadata
+        name = multikueue.prebuilt_workload_name(job) or ""
+        workload = self.kube.get_workload(meta.namespace, name)
+        plan = multikueue.adoption(job, workload)
+        if workload is None:
+            return
+        if plan.action == multikueue.ADOPT:
+            workload = self.kube.patch_workload(meta.namespace, name, multikueue.adoption_patch(job, workload))
+            log.info("%s", plan.message, extra={"job": meta.name})
+        elif plan.action == multikueue.FOREIGN:
+            log.warning("%s", plan.message, extra={"job": meta.name})
+        if plan.action in (multikueue.ADOPT, multikueue.USE):
+            self.view.observe_workload(workload)
 
     def _admitted_flavors(self, job) -> list[dict]:
         """The ResourceFlavors Kueue admitted the job's Workload on (none for a job Kueue does not queue)."""

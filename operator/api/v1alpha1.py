@@ -947,6 +947,9 @@ class LLMTrainingJobStatus(ApiModel):
     progress: Optional[Progress] = Field(None, description="Training progress reported by the trainer.")
     last_checkpoint: Optional[CheckpointStatus] = Field(None, description="Newest complete checkpoint.")
     failure: Optional[FailureStatus] = Field(None, description="The last failure: why the job failed, or why its last gang was restarted.")
+    placement: Optional[str] = Field(
+        None, description="With spec.gang.topology: where the gang landed, each worker's domain at that level (its node's label), once all "
+        "are bound; one line when they share one domain, e.g. `cloud.provider.com/topology-block=b1 (all 4 workers)`.")
 
 
 class ObjectMeta(BaseModel):

@@ -131,6 +131,32 @@ def build_kubernetes_pod_group(job: LLMTrainingJob, plan: GangPlan) -> dict:
     }
 
 
+# ------------------------------------------------------------------------- does the API server keep topology?
+# kube-apiserver drops a field whose feature gate is off (the type's dropDisabledFields) rather than refusing it, and
+# its OpenAPI schema lists the field either way: only an object as stored tells. The operator's start-up dry-runs this
+# PodGroup (nothing is persisted) and reads whether schedulingConstraints.topology survived (main.py).
+TOPOLOGY_PROBE_KEY = "kubernetes.io/hostname"
+
+
+def topology_probe_pod_group(namespace: str) -> dict:
+    return {
+        "apiVersion": KUBERNETES_API,
+        "kind": "PodGroup",
+        "metadata": {"generateName": "llmto-topology-probe-", "namespace": namespace},
+        "spec": {
+            "workloadRef": {"workloadName": "llmto-topology-probe", "templateName": WORKLOAD_TEMPLATE},
+            "schedulingPolicy": {"gang": {"minCount": 1}},
+            "schedulingConstraints": {"topology": [{"key": TOPOLOGY_PROBE_KEY}]},
+        },
+    }
+
+
+def keeps_topology(stored: dict) -> bool:
+    """The dry-run's answer: the API server kept the probe's schedulingConstraints.topology."""
+    topology = ((stored.get("spec") or {}).get("schedulingConstraints") or {}).get("topology") or []
+    return any(t.get("key") == TOPOLOGY_PROBE_KEY for t in topology)
+
+
 def build_volcano_pod_group(job: LLMTrainingJob, plan: GangPlan) -> dict:
     """minResources: what minMember workers request together, which Volcano's enqueue checks against its queue."""
     return {

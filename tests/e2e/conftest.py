@@ -132,9 +132,11 @@ class ControlPlane:
                 pytest.fail(f"timed out after {timeout}s waiting for {what}; last error: {last_exc}")
             time.sleep(interval)
 
-    def restart(self, component: str) -> None:
-        """Stop one component (e.g. kube-apiserver) and start it again, as a crash and its supervisor would."""
-        proc = _run_script("restart", self._script_env, timeout=180, args=(component,))
+    def restart(self, component: str, feature_gates: str | None = None) -> None:
+        """Stop one component (e.g. kube-apiserver) and start it again, as a crash and its supervisor would.
+        feature_gates: start it with these gates instead (LLMTO_CP_FEATURE_GATES); the caller restores them."""
+        env = self._script_env if feature_gates is None else {**self._script_env, "LLMTO_CP_FEATURE_GATES": feature_gates}
+        proc = _run_script("restart", env, timeout=180, args=(component,))
         if proc.returncode != 0:
             pytest.fail(f"hack/controlplane.sh restart {component} failed (rc={proc.returncode}):\n{_tail(proc.stdout)}")
 

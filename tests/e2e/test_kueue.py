@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llm_operator.kueue import build_workload as build_kueue_workload
+from llm_operator.api import parse_job
+from llm_operator.multikueue import PREBUILT_WORKLOAD_LABEL
+from llm_operator.render import RenderContext, build_worker_pod
 from operator_harness import OPERATOR_NS, OPERATOR_SA, RULES_FILE, finish_pod, get_job, job_manifest, job_pods, wait_phase
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,6 +185,33 @@ def test_queued_job_waits_then_its_whole_gang_is_admitted(control_plane, operato
                 timeout=30, what="the Workload Finished (its quota released)")
 
 
+def test_a_job_copied_by_multikueue_adopts_its_prebuilt_workload_and_runs(control_plane, operator, queue, namespace):
+    """MultiKueue's worker side (issue 20), on one cluster: the test creates what MultiKueue would here, a copy of the
+    manager's Workload (the manager operator's, labels kept, owner references dropped: Kueue's cloneForCreate), then the
+    job's copy with the label kueue.x-k8s.io/prebuilt-workload-name. The operator adopts that Workload, creates none,
+    and the real Kueue admits it. The manager cluster itself is not here."""
+    cp = control_plane
+    local_queue(cp, namespace, queue)
+    manager_job = queued_job("copied", nodes=2)
+    manager_job["metadata"].update(namespace=namespace, uid="0b5c1e5e-aaaa-bbbb-cccc-0123456789ab")  # the manager's job
+    parsed = parse_job(manager_job)
+    prebuilt = build_kueue_workload(parsed, build_worker_pod(parsed, 0, RenderContext(), 0))
+    del prebuilt["metadata"]["ownerReferences"]
+    cp.apply(prebuilt, namespace)
+    copied = queued_job("copied", nodes=2)
+    copied["metadata"]["labels"][PREBUILT_WORKLOAD_LABEL] = prebuilt["metadata"]["name"]
+    cp.apply(copied, namespace)
+    job = wait_phase(cp, operator, namespace, "copied", "Running", timeout=90)
+    wl = workload(cp, namespace, "copied")  # exactly one: the prebuilt, adopted
+    assert wl["metadata"]["name"] == prebuilt["metadata"]["name"]
+    assert [(r["uid"], r.get("controller")) for r in wl["metadata"]["ownerReferences"]] == [(job["metadata"]["uid"], True)]
+    assert condition(wl, "Admitted")["status"] == "True" and len(live_pods(job_pods(cp, namespace, "copied"))) == 2
+    finish_gang(cp, namespace, "copied")
+    wait_phase(cp, operator, namespace, "copied", "Succeeded")
+    cp.wait_for(lambda: condition(workload(cp, namespace, "copied"), "Finished").get("status") == "True",
+                timeout=30, what="the adopted Workload Finished")
+
+
 def test_two_jobs_that_do_not_fit_together_run_one_after_the_other(control_plane, operator, queue, namespace):
     cp = control_plane
     local_queue(cp, namespace, queue)
@@ -292,6 +323,8 @@ def test_topology_required_block_lands_in_one_block_waits_whole_when_none_is_fre
     wl = workload(cp, namespace, "block4")
     assert wl["spec"]["podSets"][0]["topologyRequest"]["required"] == BLOCK
     assert wait_phase(cp, operator, namespace, "block4", "Running")["status"]["conditions"]
+    assert cp.wait_for(lambda: get_job(cp, namespace, "block4")["status"].get("placement"), timeout=30,
+                       what="block4's status.placement") == f"{BLOCK}=b1 (all 4 workers)"
 
     second = queued_job("block3", nodes=3)
     second["spec"].update(slotsPerNode=4, gang={"topology": {"required": BLOCK}})  # 12 GPUs: b1 is taken, b2 has 8

@@ -143,3 +143,11 @@ def test_served_group_versions_asks_discovery_for_the_resource(serve):
     wanted = ("scheduling.k8s.io/v1beta1", "scheduling.volcano.sh/v1beta1", "scheduling.x-k8s.io/v1alpha1")
     assert kube.served_group_versions(wanted, "podgroups") == frozenset({"scheduling.k8s.io/v1beta1"})
     assert [p for _, p, _ in server.requests] == ["/apis", "/apis/scheduling.k8s.io/v1beta1", "/apis/scheduling.volcano.sh/v1beta1"]
+
+
+def test_dry_run_create_posts_with_dry_run_all_and_returns_what_would_be_stored(serve):
+    stored = {"kind": "PodGroup", "metadata": {"name": "p-x"}, "spec": {"schedulingPolicy": {"gang": {"minCount": 1}}}}
+    server, kube = serve(lambda method, path, body: (201, stored))
+    probe = {"apiVersion": "scheduling.k8s.io/v1beta1", "kind": "PodGroup", "metadata": {"generateName": "p-", "namespace": "ns"}, "spec": {}}
+    assert kube.dry_run_create(probe) == stored
+    assert [(m, p) for m, p, _ in server.requests] == [("POST", "/apis/scheduling.k8s.io/v1beta1/namespaces/ns/podgroups?dryRun=All")]

@@ -307,6 +307,18 @@ def test_rbac_kueue_rules_only_when_enabled(helm):
     assert next(o for o in watched if o["kind"] == "ClusterRole")["rules"] == RULES["cluster"] + RULES["kueueCluster"]
 
 
+def test_rbac_for_kueues_controller_only_with_multikueue(helm):
+    assert not any(o["metadata"]["name"].endswith("-multikueue") for o in template(helm, "--set", "kueue.enabled=true"))
+    objects = template(helm, "--set", "kueue.enabled=true", "--set", "kueue.multiKueue.enabled=true")
+    role = next(o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("-multikueue"))
+    assert role["rules"] == RULES["multiKueue"]
+    binding = next(o for o in objects if o["kind"] == "ClusterRoleBinding" and o["metadata"]["name"].endswith("-multikueue"))
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kueue-controller-manager", "namespace": "kueue-system"}]
+    operator_role = next(o for o in objects if o["kind"] == "ClusterRole" and not o["metadata"]["name"].endswith("-multikueue"))
+    assert not any("create" in r["verbs"] for r in operator_role["rules"] if r["resources"] == ["llmtrainingjobs"])  # the operator's own stay
+
+
 @pytest.mark.parametrize("values, extra", [
     ((), []),
     (("--set", "gang.volcano.enabled=true"), ["volcano"]),
@@ -329,7 +341,7 @@ def test_gang_values_reach_the_operator(helm):
 
 
 def test_rbac_rules_file_shape():
-    sections = ("namespaced", "cluster", "volcano", "coscheduling", "kueueNamespaced", "kueueCluster", "leaderElection")
+    sections = ("namespaced", "cluster", "volcano", "coscheduling", "kueueNamespaced", "kueueCluster", "leaderElection", "multiKueue")
     assert set(RULES) == set(sections)
     for rule in [rule for section in sections for rule in RULES[section]]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}

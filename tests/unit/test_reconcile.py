@@ -421,3 +421,45 @@ def test_job_loop_wakes_only_for_what_decisions_read(manifest):
 
     first, unchanged, changed = asyncio.run(scenario())
     assert first == 1 and unchanged == 1 and changed == 2
+
+
+def bind(kube, name, node):
+    kube.objects[("Pod", name)]["spec"]["nodeName"] = node
+    kube.set_pod(name, **RUNNING)
+
+
+def test_placement_is_written_once_the_gang_is_bound_and_each_node_read_once(manifest):
+    manifest["spec"]["gang"] = {"scheduler": "none", "topology": {"preferred": "example.com/block"}}
+    reconciler, _, _ = make_reconciler(manifest)
+    kube, reads = reconciler.kube, []
+    kube.node_labels = lambda node: reads.append(node) or {"example.com/block": {"n0": "b1", "n1": "b2"}[node]}
+    reconcile(reconciler, manifest)
+    bind(kube, "demo-worker-0", "n0")
+    reconcile(reconciler, manifest)
+    assert "placement" not in manifest["status"]  # worker 1 is not bound yet
+    bind(kube, "demo-worker-1", "n1")
+    reconcile(reconciler, manifest)
+    reconcile(reconciler, manifest)
+    assert manifest["status"]["placement"] == "example.com/block: b1 (worker 0), b2 (worker 1)"
+    assert reads == ["n0", "n1"]
+
+
+def test_no_placement_and_no_failure_when_nodes_may_not_be_read(manifest):
+    from kubernetes.client.exceptions import ApiException
+
+    manifest["spec"]["gang"] = {"scheduler": "none", "topology": {"preferred": "example.com/block"}}
+    reconciler, _, _ = make_reconciler(manifest)
+    kube, reads = reconciler.kube, []
+
+    def forbidden(node):
+        reads.append(node)
+        raise ApiException(status=403, reason="Forbidden")
+
+    kube.node_labels = forbidden
+    reconcile(reconciler, manifest)
+    bind(kube, "demo-worker-0", "n0")
+    bind(kube, "demo-worker-1", "n1")
+    reconcile(reconciler, manifest)
+    reconcile(reconciler, manifest)
+    assert manifest["status"]["phase"] == "Running" and "placement" not in manifest["status"]
+    assert reads == ["n0"]  # asked once, then no more
