@@ -100,7 +100,8 @@ def audit_writes(audit_log: Path, agent_part: str, until_wall: float) -> list[st
     found, seen = [], set()
     for line in audit_log.read_text(errors="replace").splitlines():
         event = json.loads(line)
-        if agent_part not in event.get("userAgent", "") or event["auditID"] in seen or event.get("verb") not in WRITE_VERBS:
+        if agent_part not in event.get("userAgent", "") or event["auditID"] in seen or event.get("verb") not in WRITE_VERBS \
+                or "dryRun=All" in event.get("requestURI", ""):  # a dry run (start-up discovery) persists nothing
             continue
         seen.add(event["auditID"])
         when = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()

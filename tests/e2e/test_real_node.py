@@ -123,8 +123,12 @@ def cluster_operator(control_plane: ControlPlane, crd, images: dict[str, str], r
         describe = cp.kubectl("-n", real_ns, "describe", "pods", "-l", selector, check=False).stdout
         pytest.fail(f"helm install failed: {install.stderr}\n{describe[-4000:]}", pytrace=False)
     assert "violate" not in install.stderr, install.stderr
-    (pod,) = cp.get_json("-n", real_ns, "pods", "-l", selector)["items"]
-    assert pod["spec"]["nodeName"] == "realnode"
+    # the chart's two replicas (leader election): the one that holds the Lease is the operator whose log tells
+    pods = cp.get_json("-n", real_ns, "pods", "-l", selector)["items"]
+    assert len(pods) == 2 and {p["spec"]["nodeName"] for p in pods} == {"realnode"}
+    lease = ["-n", real_ns, "get", "lease", "llm-training-operator", "-o", "jsonpath={.spec.holderIdentity}"]
+    holder = cp.wait_for(lambda: cp.kubectl(*lease, check=False).stdout.strip(), timeout=60, what="a replica holding the Lease")
+    (pod,) = [p for p in pods if holder.startswith(p["metadata"]["name"] + "_")]
     yield {"pod": pod["metadata"]["name"], "namespace": real_ns}
     logs = cp.kubectl("-n", real_ns, "logs", pod["metadata"]["name"], "--tail=80", check=False).stdout
     print("in-cluster operator log (tail):\n" + logs)

@@ -32,6 +32,15 @@ def test_reads_pass_a_shut_gate():
     assert kube.sent == ["GET"]
 
 
+def test_a_dry_run_passes_a_shut_gate():
+    """Start-up discovery (a dry-run create of a probe PodGroup) runs on a standby: it persists nothing."""
+    kube = Recording(WriteGate(open_=False))
+    kube.dry_run_create({"kind": "PodGroup", "apiVersion": "scheduling.k8s.io/v1beta1", "metadata": {"namespace": "x", "name": "probe"}})
+    assert kube.sent == ["POST"]
+    with pytest.raises(WriteRefused):
+        kube.create({"kind": "Pod", "metadata": {"namespace": "x", "name": "p"}})
+
+
 def test_an_open_gate_passes_writes():
     kube = Recording(WriteGate(open_=True))
     kube.create({"kind": "Pod", "metadata": {"namespace": "x", "name": "p"}})
