@@ -172,7 +172,7 @@ def _run_script(cmd: str, env: dict[str, str], timeout: float | None, args: tupl
 def control_plane() -> ControlPlane:
     script_env = dict(os.environ)
     script_env.pop("KUBECONFIG", None)
-    # the audit log (metadata only) proves who wrote what: test_leader_election.py reads it
+    # the audit log (metadata only) proves who wrote what: tests/e2e/test_two_replicas.py reads it
     script_env.setdefault("LLMTO_CP_AUDIT", "1")
     state_dir = script_env.get("LLMTO_CP_DIR", "/tmp/llmto-controlplane")
 
