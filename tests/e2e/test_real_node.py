@@ -115,7 +115,9 @@ def cluster_operator(control_plane: ControlPlane, crd, images: dict[str, str], r
         "nodeSelector": REAL_NODE_SELECTOR, "tolerations": [REAL_NODE_TOLERATION],
     }
     path = tmp_path_factory.mktemp("chart") / "values.yaml"
-    path.write_text(yaml.safe_dump(values))
+    # JSON (YAML 1.2): every string quoted. PyYAML leaves a content-hash tag such as 1234e5678901 bare, which helm reads
+    # as a number and its schema refuses (image.tag: got number, want string)
+    path.write_text(json.dumps(values))
     install = cp.run("helm", "install", RELEASE, str(CHART), "-n", real_ns, "-f", str(path), "--wait",
                      "--timeout", "180s", check=False, timeout=240)
     selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
