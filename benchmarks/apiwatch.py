@@ -135,7 +135,9 @@ def count_requests(audit_log: Path, user: str, since: float, until: Optional[flo
             resource = ref.get("resource", event.get("requestURI", "?"))
             if ref.get("subresource"):
                 resource += "/" + ref["subresource"]
-            counts[f"{event['verb']} {resource}"] += 1
+            # a dry run (the operator's start-up discovery) persists nothing: counted apart from the writes
+            verb = f"dry-run-{event['verb']}" if "dryRun=All" in event.get("requestURI", "") else event["verb"]
+            counts[f"{verb} {resource}"] += 1
     return counts
 
 
