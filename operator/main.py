@@ -7,6 +7,7 @@ import os
 import logging
 import time
 import warnings
+from typing import Callable, TypeVar
 
 import aiohttp
 import kopf
@@ -53,18 +54,28 @@ class EventHandlersOnlyDiffBase(kopf.AnnotationsDiffBaseStorage):
         return kopf.BodyEssence()
 
 
+T = TypeVar("T")
+
+
+def retry_at_startup(what: str, call: Callable[[], T], attempts: int) -> T:
+    """call(), retried with exponential back-off while the API server is not reachable yet, then fatal: a start-up
+    guess would hold for the operator's whole life."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("%s failed (retrying): %s", what, exc)
+            time.sleep(2 ** attempt)
+    raise AssertionError("unreachable")
+
+
 def discover_gang_apis(kube: Kube, attempts: int = 6) -> frozenset[str]:
     """The PodGroup APIs the API server serves, asked once at start-up (a cluster that turns one on later needs an
     operator restart). Retried, then fatal: a guess would fail or ungroup jobs for the operator's whole life."""
-    for attempt in range(attempts):
-        try:
-            return kube.served_group_versions(GANG_APIS, "podgroups")
-        except Exception as exc:  # the API server not reachable yet
-            if attempt == attempts - 1:
-                raise
-            log.warning("API discovery of the PodGroup APIs failed (retrying): %s", exc)
-            time.sleep(2 ** attempt)
-    raise AssertionError("unreachable")
+    return retry_at_startup("API discovery of the PodGroup APIs", lambda: kube.served_group_versions(GANG_APIS, "podgroups"),
+                            attempts)
 
 
 def discover_pod_group_topology(kube: Kube, gang_apis: frozenset[str], namespace: str, attempts: int = 6) -> bool:
@@ -74,7 +85,8 @@ def discover_pod_group_topology(kube: Kube, gang_apis: frozenset[str], namespace
     topology then fail saying so, rather than run unplaced."""
     if KUBERNETES_API not in gang_apis:
         return False
-    for attempt in range(attempts):
+
+    def probe() -> bool:
         try:
             return keeps_topology(kube.dry_run_create(topology_probe_pod_group(namespace)))
         except ApiException as exc:
@@ -82,15 +94,9 @@ def discover_pod_group_topology(kube: Kube, gang_apis: frozenset[str], namespace
                 log.warning("PodGroup topology discovery: a dry-run PodGroup in namespace %s was refused (%s %s): taken as not served",
                             namespace, exc.status, exc.reason)
                 return False
-            if attempt == attempts - 1:
-                raise
-            log.warning("PodGroup topology discovery failed (retrying): %s", exc)
-        except Exception as exc:  # the API server not reachable yet
-            if attempt == attempts - 1:
-                raise
-            log.warning("PodGroup topology discovery failed (retrying): %s", exc)
-        time.sleep(2 ** attempt)
-    raise AssertionError("unreachable")
+            raise
+
+    return retry_at_startup("PodGroup topology discovery", probe, attempts)
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
