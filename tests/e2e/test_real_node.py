@@ -350,9 +350,6 @@ def world_sizes(logs: str) -> dict[int, int]:
     return {int(m.group(1)): int(m.group(2)) for m in re.finditer(r"^rank (\d+) of world size (\d+)", logs, re.M)}
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (issue 18, open): in a pod, status.failure does not name the killed rank "
-                   "(rankwatch.py names it in tests/trainer, not under the pod's launcher): it says exit 247 and the peer's "
-                   "'Connection closed by peer'")
 def test_own_deepspeed_program_trains_at_world_size_4_and_resumes_from_its_checkpoint_after_a_killed_rank(
         control_plane: ControlPlane, cluster_operator, images, real_ns: str, checkpoint_claim):
     """examples/programs/train_deepspeed.py, 2 pods x 2 ranks under DeepSpeed's runner: world size 4 in its own output;

@@ -140,15 +140,25 @@ def test_a_failing_program_names_its_exception_in_the_termination_message(tmp_pa
 @pytest.mark.parametrize("how, expected", [
     ("kill", "rank 1: killed by SIGKILL"),
     ("raise", "rank 1: ValueError: bad shard 7"),
+    ("kill-in-group", "rank 1: killed by SIGKILL"),
 ])
-def test_under_deepspeeds_runner_the_rank_that_failed_first_is_named(tmp_path, monkeypatch, how, expected):
+def test_under_deepspeeds_runner_the_rank_that_failed_first_is_named(tmp_path, monkeypatch, capfd, how, expected):
     """DeepSpeed's runner prints no rank prefix: the launcher learns from /proc which rank exited first (rank 1 here;
-    rank 0 is then terminated by the runner), instead of `? on node N`."""
+    rank 0 is then terminated by the runner), instead of `? on node N`. kill-in-group: as in a pod whose rank was
+    SIGKILLed mid-run, rank 0's collective loses its peer and prints the last traceback (`[rank0]: RuntimeError: ...
+    Connection closed by peer`, prefixed by torch.distributed's excepthook): still rank 1 is named, not its victim."""
     from llm_trainer.launch import main
 
     program = tmp_path / "fails.py"
     program.write_text(textwrap.dedent(f"""
         import os, signal, sys, time
+        if {how!r} == "kill-in-group":
+            import torch.distributed as dist
+            dist.init_process_group("gloo")
+            dist.barrier()
+            if os.environ["RANK"] == "1":
+                os.kill(os.getpid(), signal.SIGKILL)
+            dist.barrier()  # rank 0: gloo's "Connection closed by peer"
         if os.environ["RANK"] == "1":
             time.sleep(1)  # both ranks started: the runner's own death, not a start-up failure
             if {how!r} == "kill":
@@ -165,6 +175,8 @@ def test_under_deepspeeds_runner_the_rank_that_failed_first_is_named(tmp_path, m
     message = log.read_text()
     assert code != 0, message
     assert expected in message, message
+    if how == "kill-in-group":
+        assert "Connection closed by peer" in capfd.readouterr().err  # the victim's traceback was there to mislead
 
 
 def test_the_hf_trainer_program_trains_across_2_pods_and_resumes_from_its_checkpoint(tmp_path):

@@ -111,3 +111,18 @@ def test_descendants_are_read_from_proc_zombies_included():
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_a_tree_watch_lists_a_known_rank_but_not_what_runs_below_it():
+    """RankWatch.of_tree scans the runner's children each POLL, not every thread and worker of the ranks below them."""
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, time; c = subprocess.Popen(['sleep', '30']); "
+                               "print(c.pid, flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert descendants(os.getpid(), prune=lambda pid: pid == parent.pid).count(child) == 0
+        assert parent.pid in descendants(os.getpid(), prune=lambda pid: pid == parent.pid)
+        assert child in descendants(os.getpid())
+    finally:
+        parent.kill()
+        parent.wait()

@@ -41,7 +41,7 @@ from .errortail import StderrTail, failing_rank_error, node_rank
 from .outcome import decide_outcome, signal_name
 from .peers import Peer, describe_missing, wait_for_peers
 from .progress import close_progress, start_progress
-from .rankwatch import RankWatch, descendants
+from .rankwatch import RankWatch
 from .sshmode import check_ssh, serve_sshd_only, start_sshd
 from .supervisor import Supervisor, become_subreaper
 from .termination import termination_message, write_termination_log
@@ -134,8 +134,7 @@ def run_command(args: argparse.Namespace, sup: Supervisor) -> tuple[int, str]:
             sup.command = sup.spawn(args.command, env=env, stderr=subprocess.PIPE)
             assert sup.command.stderr is not None
             tail = StderrTail(sup.command.stderr)
-            root = sup.command.pid
-            watch = RankWatch(list_pids=lambda: descendants(root)).start()  # which rank exits first: the runner's output may not say
+            watch = RankWatch.of_tree(sup.command.pid).start()  # which rank exits first: the runner's output may not say
         else:
             sup.command = sup.spawn(args.command, env=env)
     except OSError as e:

@@ -94,15 +94,18 @@ def list_pids() -> list[int]:
         return []
 
 
-def descendants(root: int) -> list[int]:
+def descendants(root: int, prune: Callable[[int], bool] = lambda pid: False) -> list[int]:
     """root's descendants (zombies included) from /proc/PID/task/TID/children, so a scan reads a few processes and
-    not every one of the host (`llm-train run` on a laptop); all of /proc where the kernel has no such file."""
+    not every one of the host (`llm-train run` on a laptop); all of /proc where the kernel has no such file. A pid
+    for which prune() is true is listed, its own descendants are not (a rank's threads and workers: RankWatch.of_tree)."""
     if not os.path.exists(f"/proc/{root}/task/{root}/children"):
         return list_pids() if os.path.isdir(f"/proc/{root}") else []
     found: list[int] = []
     todo = [root]
     while todo:
         pid = todo.pop()
+        if pid != root and prune(pid):
+            continue
         try:
             tasks = os.listdir(f"/proc/{pid}/task")
         except OSError:
@@ -119,9 +122,13 @@ def descendants(root: int) -> list[int]:
 
 
 class RankWatch:
-    """Scans /proc in a thread: pid -> rank of the runner's live children, and each rank's exit in order."""
+    """Scans /proc in a thread: pid -> rank of the runner's live children, and each rank's exit in order.
 
-    POLL = 0.1
+    POLL: DeepSpeed's launcher polls its ranks once a second and reaps the first that failed at once; a rank reaped
+    before our next scan leaves no status (returncode None), so the chance of missing how it died is about POLL/2 s.
+    A scan of a tree (of_tree) reads a few /proc files (the runners' threads, the ranks' stat), not the ranks' threads."""
+
+    POLL = 0.02
 
     def __init__(self, list_pids: Callable[[], list[int]] = list_pids, read_proc: Callable[[int], Optional[ProcInfo]] = read_proc,
                  read_cmdline: Callable[[int], str] = read_cmdline, read_rank: Callable[[int], Optional[str]] = read_rank) -> None:
@@ -163,6 +170,13 @@ class RankWatch:
 
     def first_failure(self) -> Optional[RankExit]:
         return first_failure(self.exits)
+
+    @classmethod
+    def of_tree(cls, root: int) -> RankWatch:
+        """A watch over root's descendants that does not walk below the ranks it knows."""
+        watch = cls()
+        watch._list_pids = lambda: descendants(root, prune=watch.ranks.__contains__)
+        return watch
 
     # -- the thread
     def start(self) -> RankWatch:
