@@ -167,6 +167,8 @@ start() {
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$STATE/pids/$name.pid" "$@" \
     </dev/null >"$STATE/logs/$name.log" 2>&1 9>&- &
   local i; for i in $(seq 50); do [[ -s "$STATE/pids/$name.pid" ]] && break; sleep 0.1; done
+  # the pid file is written before the exec: until it happened alive_pid reads "bash -c" and wait_for would say exited
+  for i in $(seq 50); do alive_pid "$name" >/dev/null && break; sleep 0.1; done
 }
 alive_pid() {
   local pid f="$STATE/pids/$1.pid"
