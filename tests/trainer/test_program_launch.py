@@ -158,7 +158,7 @@ def test_under_deepspeeds_runner_the_rank_that_failed_first_is_named(tmp_path, m
             dist.barrier()
             if os.environ["RANK"] == "1":
                 os.kill(os.getpid(), signal.SIGKILL)
-            dist.barrier()  # rank 0: gloo's "Connection closed by peer"
+            dist.barrier()  # rank 0: gloo's "Connection closed (or reset) by peer"
         if os.environ["RANK"] == "1":
             time.sleep(1)  # both ranks started: the runner's own death, not a start-up failure
             if {how!r} == "kill":
@@ -176,7 +176,7 @@ def test_under_deepspeeds_runner_the_rank_that_failed_first_is_named(tmp_path, m
     assert code != 0, message
     assert expected in message, message
     if how == "kill-in-group":
-        assert "Connection closed by peer" in capfd.readouterr().err  # the victim's traceback was there to mislead
+        assert "by peer" in capfd.readouterr().err  # the victim's traceback (gloo: "Connection closed/reset by peer") was there to mislead
 
 
 def test_the_hf_trainer_program_trains_across_2_pods_and_resumes_from_its_checkpoint(tmp_path):
