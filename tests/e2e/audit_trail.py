@@ -65,10 +65,15 @@ def audit_writes(audit_log: Path, agent_part: str, until_wall: float) -> list[st
             if agent_part in w.user_agent and w.received < until_wall and w.resource != "leases"]
 
 
-def pod_creates_by_name(audit_log: Path, namespace: str) -> Counter[str]:
-    """Pods the operator's replicas created in `namespace`, by name (201s only: an AlreadyExists is no pod)."""
+def creates_by_name(audit_log: Path, namespace: str, resource: str) -> Counter[str]:
+    """The objects of `resource` (e.g. pods) the operator's replicas created in `namespace`, by name (201s only: an
+    AlreadyExists made nothing)."""
     return Counter(w.name for w in writes(audit_log)
-                   if w.identity and w.verb == "create" and w.resource == "pods" and w.namespace == namespace and w.code == 201)
+                   if w.identity and w.verb == "create" and w.resource == resource and w.namespace == namespace and w.code == 201)
+
+
+def pod_creates_by_name(audit_log: Path, namespace: str) -> Counter[str]:
+    return creates_by_name(audit_log, namespace, "pods")
 
 
 def pod_creates(audit_log: Path, namespace: str) -> int:

@@ -3,8 +3,8 @@
 The chart's two replicas run on the real node of hack/realnode.sh, from the operator image built from the
 Dockerfile (hack/images.sh), so the rolling update really starts new pods, waits for their readiness (a warm
 view) and stops the old ones with SIGTERM (the leader releases the Lease). The jobs' worker pods are on the kwok
-nodes, so they cost nothing: half of them end on their own while the rollout goes on (kwok's exit delay), the
-others once it is over. What must hold:
+nodes, so they cost nothing: half of them end while the rollout goes on (told to exit as `helm upgrade` starts, each
+after its own kwok exit delay), the others once it is over. What must hold:
 
 - every job Succeeded, never restarted (status.restarts 0), none Failed;
 - every worker pod created once: the API server's audit log has one 201 `create pods` per name, and every pod
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import test_real_node
-from audit_trail import Write, pod_creates_by_name, writes
+from audit_trail import Write, creates_by_name, pod_creates_by_name, writes
 from operator_harness import job_manifest
 from test_real_node import CHART, lease_holder
 
@@ -51,21 +51,19 @@ OPERATOR_SELECTOR = f"app.kubernetes.io/instance={test_real_node.RELEASE},app.ku
 JOBS, WORKERS = 8, 2
 KINDS = ("noSsh", "ssh", "program")  # the built-in trainer in both launcher modes, and a program job (its init container
 # comes from the operator image: LLMTO_LAUNCHER_IMAGE changes with the upgrade, the running pods must not)
-EXIT_DELAYS = (20, 40, 60, 90)  # the first jobs' pods exit 0 this long after Running: during the rollout, on a slow machine
-# or a fast one; the other jobs' pods run until told, after it
+EXIT_DELAYS = (1, 3, 5, 8)  # the first jobs' pods exit 0 this long after `helm upgrade` started (a rollout takes about 7 s
+# on an idle machine: some end during a hand-over); the other jobs' pods run until told, after the rollout
 ROLLOUT_TIMEOUT = 360
 
 
 def upgrade_job(cp: ControlPlane, index: int) -> dict:
     kind = KINDS[index % len(KINDS)]
-    annotations = {}
-    if index < len(EXIT_DELAYS):
-        annotations = {cp.EXIT_CODE_ANNOTATION: "0", cp.EXIT_DELAY_ANNOTATION: f"{EXIT_DELAYS[index]}s"}
     key, _, value = cp.GPU_NODE_SELECTOR.partition("=")
+    # cleanPodPolicy None: a finished job keeps its pods (by default the ones still running are deleted: in ssh mode
+    # worker 0's exit ends the job), so that every pod's UID can be compared with what it was before the upgrade
     manifest = job_manifest(f"upg-{index}-{kind.lower()}", nodes=WORKERS, slots=1, accelerator="cpu",
-                            resources={"requests": {"cpu": "10m", "memory": "16Mi"}},
-                            podTemplate={"nodeSelector": {key: value}, "tolerations": [cp.GPU_TOLERATION], "annotations": annotations,
-                                         "terminationGracePeriodSeconds": 5})
+                            resources={"requests": {"cpu": "10m", "memory": "16Mi"}}, runPolicy={"cleanPodPolicy": "None"},
+                            podTemplate={"nodeSelector": {key: value}, "tolerations": [cp.GPU_TOLERATION], "terminationGracePeriodSeconds": 5})
     if kind == "program":
         for field in ("model", "data", "training", "deepspeed"):
             manifest["spec"].pop(field, None)
@@ -179,8 +177,13 @@ def test_helm_upgrade_to_another_operator_image_while_jobs_run(control_plane: Co
         before = cp.wait_for(all_running, timeout=180, interval=1, what=f"{JOBS} jobs × {WORKERS} workers Running")
         assert all(p["spec"]["nodeName"] != "realnode" for p in cp.get_json("-n", ns, "pods", "-l", JOB_LABEL)["items"])
 
-        # the upgrade: the same values but the image (and with it LLMTO_LAUNCHER_IMAGE)
+        # the upgrade: the same values but the image (and with it LLMTO_LAUNCHER_IMAGE); the first jobs' pods told to exit
+        # a few seconds into it
         started_wall, started = time.time(), time.monotonic()
+        for i, delay in enumerate(EXIT_DELAYS):
+            timed = sorted(pod for pod in before if pod.startswith(f"upg-{i}-"))
+            cp.kubectl("-n", ns, "annotate", "pod", *timed, f"{cp.EXIT_CODE_ANNOTATION}=0",
+                       f"{cp.EXIT_DELAY_ANNOTATION}={max(0.0, delay - (time.monotonic() - started)):.1f}s")
         upgrade = cp.run("helm", "upgrade", test_real_node.RELEASE, str(CHART), "-n", ns, "--reuse-values",
                          "--set-string", f"image.tag={new_image.rsplit(':', 1)[1]}", "--wait", "--timeout", f"{ROLLOUT_TIMEOUT}s",
                          check=False, timeout=ROLLOUT_TIMEOUT + 60)
@@ -205,9 +208,8 @@ def test_helm_upgrade_to_another_operator_image_while_jobs_run(control_plane: Co
               f"{holder.rpartition('_')[0]} holding the Lease after {rollout_s:.1f} s", file=sys.stderr)
 
         # the jobs still running now end; then every job must have succeeded without a restart
-        for pod, _ in sorted(before.items()):
-            if not any(pod.startswith(f"upg-{i}-") for i in range(len(EXIT_DELAYS))):
-                cp.kubectl("-n", ns, "annotate", "pod", pod, f"{cp.EXIT_CODE_ANNOTATION}=0", "--overwrite")
+        untimed = sorted(pod for pod in before if not any(pod.startswith(f"upg-{i}-") for i in range(len(EXIT_DELAYS))))
+        cp.kubectl("-n", ns, "annotate", "pod", *untimed, f"{cp.EXIT_CODE_ANNOTATION}=0")
 
         def all_succeeded() -> list[dict] | None:
             jobs = cp.get_json("-n", ns, "ltj")["items"]
@@ -231,10 +233,15 @@ def test_helm_upgrade_to_another_operator_image_while_jobs_run(control_plane: Co
 
         # no orphan: every child of a job (by its label) is owned by a job that exists
         uids = {j["metadata"]["uid"] for j in jobs}
-        children = cp.get_json("-n", ns, "pods,services,configmaps,secrets", "-l", JOB_LABEL)["items"]
+        gang_kinds = cp.kubectl("api-resources", "--api-group=scheduling.k8s.io", "-o", "name").stdout.split()
+        gang_kinds = [k for k in gang_kinds if k.split(".")[0] in ("workloads", "podgroups")]  # Kubernetes' gang scheduling
+        children = cp.get_json("-n", ns, ",".join(["pods", "services", "configmaps", "secrets", *gang_kinds]), "-l", JOB_LABEL)["items"]
         orphans = [f"{c['kind']}/{c['metadata']['name']}" for c in children
                    if not any(o.get("controller") and o["uid"] in uids for o in c["metadata"].get("ownerReferences") or [])]
         assert not orphans, f"children without their job: {orphans}"
+        for kind in gang_kinds:  # one gang per job
+            made = creates_by_name(audit_log, ns, kind.split(".")[0])
+            assert not made or made == {name: 1 for name in names}, f"{kind} creates by name: {dict(made)}"
 
         # the Lease's terms: the last holder is a new replica; nobody wrote outside its own term
         held = terms(specs)
@@ -259,9 +266,10 @@ def test_helm_upgrade_to_another_operator_image_while_jobs_run(control_plane: Co
         for pod in pods:
             for status in pod["status"].get("containerStatuses") or []:
                 finished = ((status.get("state") or {}).get("terminated") or {}).get("finishedAt")
-                if finished and (pod["metadata"].get("annotations") or {}).get(cp.EXIT_DELAY_ANNOTATION):
+                if finished and pod["metadata"]["name"] not in untimed:
                     during += started_wall <= wall(finished) <= rolled_out_wall
-        print(f"{during} worker containers of the self-ending jobs ended during the rollout", file=sys.stderr)
+        print(f"{during} of the {JOBS * WORKERS - len(untimed)} pods told to exit as the upgrade began ended during the rollout",
+              file=sys.stderr)
     finally:
         if lease_watch.proc.poll() is None:
             lease_watch.stop()
