@@ -8,7 +8,8 @@ after its own kwok exit delay), the others once it is over. What must hold:
 
 - every job Succeeded, never restarted (status.restarts 0), none Failed;
 - every worker pod created once: the API server's audit log has one 201 `create pods` per name, and every pod
-  keeps the UID it had before the upgrade;
+  keeps the UID it had before the upgrade (the ssh jobs' sshd-only workers aside: the operator deletes those, and no
+  other pod, once their job succeeded); one Workload and one PodGroup per job where Kubernetes serves them;
 - no replica wrote while it did not hold the Lease (the audit log's User-Agents name the replica);
 - the Lease ends with a replica of the new image; no child is left without its job.
 
@@ -59,8 +60,9 @@ ROLLOUT_TIMEOUT = 360
 def upgrade_job(cp: ControlPlane, index: int) -> dict:
     kind = KINDS[index % len(KINDS)]
     key, _, value = cp.GPU_NODE_SELECTOR.partition("=")
-    # cleanPodPolicy None: a finished job keeps its pods (by default the ones still running are deleted: in ssh mode
-    # worker 0's exit ends the job), so that every pod's UID can be compared with what it was before the upgrade
+    # cleanPodPolicy None: a finished job keeps its pods (by default the ones still running are deleted), so that every
+    # pod's UID can be compared with what it was before the upgrade; in ssh mode the workers but 0 run only sshd, which
+    # never exits by itself: the operator stops them once worker 0 (the launcher) has exited 0, whatever the policy
     manifest = job_manifest(f"upg-{index}-{kind.lower()}", nodes=WORKERS, slots=1, accelerator="cpu",
                             resources={"requests": {"cpu": "10m", "memory": "16Mi"}}, runPolicy={"cleanPodPolicy": "None"},
                             podTemplate={"nodeSelector": {key: value}, "tolerations": [cp.GPU_TOLERATION], "terminationGracePeriodSeconds": 5})
@@ -71,6 +73,11 @@ def upgrade_job(cp: ControlPlane, index: int) -> dict:
     else:
         manifest["spec"]["launcher"] = {"mode": kind}
     return manifest
+
+
+def sshd_only(pod: str) -> bool:
+    """A worker of an ssh-mode job other than worker 0: sshd only, stopped by the operator when the job succeeds."""
+    return "-ssh-worker-" in pod and not pod.endswith("-worker-0")
 
 
 def wall(stamp: str) -> float:
@@ -181,7 +188,7 @@ def test_helm_upgrade_to_another_operator_image_while_jobs_run(control_plane: Co
         # a few seconds into it
         started_wall, started = time.time(), time.monotonic()
         for i, delay in enumerate(EXIT_DELAYS):
-            timed = sorted(pod for pod in before if pod.startswith(f"upg-{i}-"))
+            timed = sorted(pod for pod in before if pod.startswith(f"upg-{i}-") and not sshd_only(pod))
             cp.kubectl("-n", ns, "annotate", "pod", *timed, f"{cp.EXIT_CODE_ANNOTATION}=0",
                        f"{cp.EXIT_DELAY_ANNOTATION}={max(0.0, delay - (time.monotonic() - started)):.1f}s")
         upgrade = cp.run("helm", "upgrade", test_real_node.RELEASE, str(CHART), "-n", ns, "--reuse-values",
@@ -208,7 +215,8 @@ def test_helm_upgrade_to_another_operator_image_while_jobs_run(control_plane: Co
               f"{holder.rpartition('_')[0]} holding the Lease after {rollout_s:.1f} s", file=sys.stderr)
 
         # the jobs still running now end; then every job must have succeeded without a restart
-        untimed = sorted(pod for pod in before if not any(pod.startswith(f"upg-{i}-") for i in range(len(EXIT_DELAYS))))
+        untimed = sorted(pod for pod in before if not any(pod.startswith(f"upg-{i}-") for i in range(len(EXIT_DELAYS)))
+                         and not sshd_only(pod))
         cp.kubectl("-n", ns, "annotate", "pod", *untimed, f"{cp.EXIT_CODE_ANNOTATION}=0")
 
         def all_succeeded() -> list[dict] | None:
@@ -224,9 +232,13 @@ def test_helm_upgrade_to_another_operator_image_while_jobs_run(control_plane: Co
         assert sorted(j["metadata"]["name"] for j in jobs) == sorted(names)
         assert {j["metadata"]["name"]: j["status"].get("restarts", 0) for j in jobs} == {n: 0 for n in names}
 
-        # every worker pod created once: the same pods (by UID) as before the upgrade, one create each in the audit log
+        # every worker pod created once: the same pods (by UID) as before the upgrade, one create each in the audit log;
+        # the only pods deleted are the ssh jobs' sshd-only workers, once their job succeeded
         pods = cp.get_json("-n", ns, "pods", "-l", JOB_LABEL)["items"]
-        assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods} == before, "a worker pod was created again"
+        kept = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods if not p["metadata"].get("deletionTimestamp")}
+        assert kept == {name: uid for name, uid in before.items() if not sshd_only(name)}, "a worker pod was created again"
+        deleted = [w for w in writes(audit_log) if w.identity and w.verb == "delete" and w.resource == "pods" and w.namespace == ns]
+        assert sorted({w.name for w in deleted}) == sorted(name for name in before if sshd_only(name)), [str(w) for w in deleted]
         time.sleep(1)  # the audit log is written as requests complete
         creates = pod_creates_by_name(audit_log, ns)
         assert creates == {name: 1 for name in before}, f"pod creates by name: {dict(creates)}"
@@ -266,9 +278,10 @@ def test_helm_upgrade_to_another_operator_image_while_jobs_run(control_plane: Co
         for pod in pods:
             for status in pod["status"].get("containerStatuses") or []:
                 finished = ((status.get("state") or {}).get("terminated") or {}).get("finishedAt")
-                if finished and pod["metadata"]["name"] not in untimed:
+                if finished and pod["metadata"]["name"] not in untimed and not sshd_only(pod["metadata"]["name"]):
                     during += started_wall <= wall(finished) <= rolled_out_wall
-        print(f"{during} of the {JOBS * WORKERS - len(untimed)} pods told to exit as the upgrade began ended during the rollout",
+        told = len([name for name in before if name not in untimed and not sshd_only(name)])
+        print(f"{during} of the {told} pods told to exit as the upgrade began ended during the rollout",
               file=sys.stderr)
     finally:
         if lease_watch.proc.poll() is None:
