@@ -318,8 +318,13 @@ start() {
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" \
     </dev/null >"$LOGS/$name.log" 2>&1 9>&- &  # fd 9 is the state lock: do not inherit it
   local i; for i in $(seq 50); do [[ -s "$PIDS/$name.pid" ]] && break; sleep 0.1; done
-  # the pid file is written before the exec: until it happened alive_pid reads "bash -c" and wait_for would say exited
-  for i in $(seq 50); do alive_pid "$name" >/dev/null && break; sleep 0.1; done
+  # the pid file is written before the exec: until the exec (slow on a loaded machine) the pid is a shell, which
+  # alive_pid takes for a dead component ("exited while waiting"); wait for the binary, or for the process to end
+  for i in $(seq 100); do
+    alive_pid "$name" >/dev/null && break
+    kill -0 "$(cat "$PIDS/$name.pid" 2>/dev/null)" 2>/dev/null || break
+    sleep 0.1
+  done
 }
 
 # pid of component NAME if it is running and is the binary we started

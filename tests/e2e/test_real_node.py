@@ -74,17 +74,28 @@ def real_node(control_plane: ControlPlane) -> dict[str, str]:
         assert down.returncode == 0, _tail(down.stdout)
 
 
-@pytest.fixture(scope="module")
-def images(real_node: dict[str, str]) -> dict[str, str]:
-    """target -> image ref, built from the Dockerfile (cached by content hash) and imported into containerd.
-    examples-cpu: the dependency-only stage (no llm-training-operator) plus examples/programs, a user's image."""
-    targets = ("operator", "trainer-cpu", "examples-cpu")
+def import_images(real_node: dict[str, str], *targets: str) -> dict[str, str]:
+    """target -> image ref, built from the Dockerfile (cached by content hash) and imported into containerd."""
     proc = _run(["bash", str(IMAGES), "import", *targets], real_node, 3600)
     if proc.returncode != 0:
         pytest.fail(f"hack/images.sh import failed (rc={proc.returncode}):\n{_tail(proc.stdout)}", pytrace=False)
     refs = dict(line.split()[:2] for line in proc.stdout.splitlines() if line.startswith(tuple(f"{t} " for t in targets)))
     assert set(refs) == set(targets), proc.stdout
     return refs
+
+
+@pytest.fixture(scope="module")
+def operator_image(real_node: dict[str, str]) -> str:
+    """The operator image alone (no torch, no DeepSpeed): all that cluster_operator needs, so a test of the operator
+    itself (tests/e2e/test_operator_upgrade.py) does not wait for the trainer images."""
+    return import_images(real_node, "operator")["operator"]
+
+
+@pytest.fixture(scope="module")
+def images(real_node: dict[str, str], operator_image: str) -> dict[str, str]:
+    """target -> image ref, built from the Dockerfile (cached by content hash) and imported into containerd.
+    examples-cpu: the dependency-only stage (no llm-training-operator) plus examples/programs, a user's image."""
+    return {"operator": operator_image, **import_images(real_node, "trainer-cpu", "examples-cpu")}
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +111,21 @@ def real_ns(control_plane: ControlPlane) -> str:
     cp.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
 
+def lease_holder(cp: ControlPlane, namespace: str) -> str:
+    """The holderIdentity of the operator's Lease (`<pod name>_<random suffix>`); empty when none holds it."""
+    proc = cp.kubectl("-n", namespace, "get", "lease", "llm-training-operator", "-o", "jsonpath={.spec.holderIdentity}",
+                      check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
 @pytest.fixture(scope="module")
-def cluster_operator(control_plane: ControlPlane, crd, images: dict[str, str], real_ns: str, request,
+def cluster_operator(control_plane: ControlPlane, crd, operator_image: str, real_ns: str, request,
                      tmp_path_factory) -> dict[str, Any]:
     """The operator in-cluster, from its image, installed by the chart with the chart's RBAC."""
     cp = control_plane
     local = request.getfixturevalue("operator")  # the session's local operator: paused while we run
     local.stop()
-    repo, tag = images["operator"].rsplit(":", 1)
+    repo, tag = operator_image.rsplit(":", 1)
     values = {
         "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
         "watchNamespaces": [real_ns], "logFormat": "plain",
@@ -128,12 +146,13 @@ def cluster_operator(control_plane: ControlPlane, crd, images: dict[str, str], r
     # the chart's two replicas (leader election): the one that holds the Lease is the operator whose log tells
     pods = cp.get_json("-n", real_ns, "pods", "-l", selector)["items"]
     assert len(pods) == 2 and {p["spec"]["nodeName"] for p in pods} == {"realnode"}
-    lease = ["-n", real_ns, "get", "lease", "llm-training-operator", "-o", "jsonpath={.spec.holderIdentity}"]
-    holder = cp.wait_for(lambda: cp.kubectl(*lease, check=False).stdout.strip(), timeout=60, what="a replica holding the Lease")
+    holder = cp.wait_for(lambda: lease_holder(cp, real_ns), timeout=60, what="a replica holding the Lease")
     (pod,) = [p for p in pods if holder.startswith(p["metadata"]["name"] + "_")]
-    yield {"pod": pod["metadata"]["name"], "namespace": real_ns}
-    logs = cp.kubectl("-n", real_ns, "logs", pod["metadata"]["name"], "--tail=80", check=False).stdout
-    print("in-cluster operator log (tail):\n" + logs)
+    yield {"pod": pod["metadata"]["name"], "namespace": real_ns, "release": RELEASE}
+    # the replica that leads now (a test may have upgraded the release: then not the pod above)
+    leader = lease_holder(cp, real_ns).rpartition("_")[0] or pod["metadata"]["name"]
+    logs = cp.kubectl("-n", real_ns, "logs", leader, "--tail=80", check=False).stdout
+    print(f"in-cluster operator log of {leader} (tail):\n" + logs)
     cp.run("helm", "uninstall", RELEASE, "-n", real_ns, "--wait", "--timeout", "60s", check=False, timeout=120)
     local.start()
 

@@ -13,7 +13,6 @@ reports them: benchmarks/bench_leader_election.py)."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from audit_trail import audit_writes, pod_creates
 from operator_harness import OPERATOR_NS, RULES_FILE, OperatorProcess, finish_pod, job_manifest
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +31,6 @@ JOBS, WORKERS = 50, 4
 RESTART_LABEL = "llmtraining.dev/restart"
 JOB_LABEL = "llmtraining.dev/job-name"
 RANK_LABEL = "llmtraining.dev/node-rank"
-WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 
 def holder(cp) -> str:
@@ -76,39 +75,6 @@ def converged(cp, namespace):
         if len(gang) != WORKERS or len(ranks) != WORKERS or generations != {str(job["status"].get("restarts", 0))}:
             return None
     return jobs, live
-
-
-def pod_creates(audit_log: Path, namespace: str) -> int:
-    """Pods the replicas created in `namespace` (201s only: an AlreadyExists is no pod)."""
-    seen, created = set(), 0
-    for line in audit_log.read_text(errors="replace").splitlines():
-        event = json.loads(line)
-        ref = event.get("objectRef") or {}
-        if (event["auditID"] in seen or event.get("verb") != "create" or ref.get("resource") != "pods" or ref.get("subresource")
-                or ref.get("namespace") != namespace or "llm-training-operator/" not in event.get("userAgent", "")):
-            continue
-        if event.get("stage") == "ResponseComplete" and (event.get("responseStatus") or {}).get("code") == 201:
-            seen.add(event["auditID"])
-            created += 1
-    return created
-
-
-def audit_writes(audit_log: Path, agent_part: str, until_wall: float) -> list[str]:
-    """The writes (not to the Lease) whose User-Agent contains agent_part, received before until_wall."""
-    from datetime import datetime
-
-    found, seen = [], set()
-    for line in audit_log.read_text(errors="replace").splitlines():
-        event = json.loads(line)
-        if agent_part not in event.get("userAgent", "") or event["auditID"] in seen or event.get("verb") not in WRITE_VERBS \
-                or "dryRun=All" in event.get("requestURI", ""):  # a dry run (start-up discovery) persists nothing
-            continue
-        seen.add(event["auditID"])
-        when = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
-        ref = event.get("objectRef") or {}
-        if when < until_wall and ref.get("resource") != "leases":
-            found.append(f"{event['verb']} {ref.get('resource')} {ref.get('name', '')}")
-    return found
 
 
 @pytest.fixture
