@@ -8,6 +8,7 @@
 #   hack/controlplane.sh env     # print `export KUBECONFIG=...; export PATH=...`
 #   hack/controlplane.sh status  # show component pids and health (exit 0 only when healthy)
 #   hack/controlplane.sh restart COMPONENT  # stop one component (e.g. kube-apiserver) and start it again
+#   hack/controlplane.sh stop COMPONENT     # stop one component until `restart COMPONENT` (a cluster down, for MultiKueue)
 #   hack/controlplane.sh bin-dir # print the cached bin dir (kubectl, helm, kwok, etcd, kube-*)
 #
 # Everything listens on 127.0.0.1. Nothing is downloaded except Go modules (GOPROXY).
@@ -572,18 +573,33 @@ stop_all() {
   done
 }
 
-# restart COMPONENT: as a crash and a supervisor would (SIGTERM, then the same command line, same ports)
-cmd_restart() {
-  local name="${1:-}" pid
-  [[ " ${COMPONENTS[*]} " == *" ${name} "* ]] || die "usage: restart ${COMPONENTS[*]// /|}"
-  [[ -f "${STATE_DIR}/ports.env" ]] || die "no control plane in ${STATE_DIR}"
-  load_ports
+# SIGTERM one component, SIGKILL after 15 s
+stop_component() {
+  local name="$1" pid
   if pid="$(alive_pid "$name")"; then
     log "stopping ${name} (pid ${pid})"
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   fi
+}
+
+# stop COMPONENT: it stays down (e.g. kube-apiserver: the cluster is unreachable) until `restart COMPONENT`
+cmd_stop() {
+  local name="${1:-}"
+  [[ " ${COMPONENTS[*]} " == *" ${name} "* ]] || die "usage: stop ${COMPONENTS[*]// /|}"
+  [[ -f "${STATE_DIR}/ports.env" ]] || die "no control plane in ${STATE_DIR}"
+  stop_component "$name"
+}
+
+# restart COMPONENT: as a crash and a supervisor would (SIGTERM, then the same command line, same ports); also
+# starts a component that `stop` stopped
+cmd_restart() {
+  local name="${1:-}"
+  [[ " ${COMPONENTS[*]} " == *" ${name} "* ]] || die "usage: restart ${COMPONENTS[*]// /|}"
+  [[ -f "${STATE_DIR}/ports.env" ]] || die "no control plane in ${STATE_DIR}"
+  load_ports
+  stop_component "$name"
   mv "$LOGS/$name.log" "$LOGS/$name.log.$(date +%s)" 2>/dev/null || true
   case "$name" in
     etcd) start_etcd ;;
@@ -644,8 +660,9 @@ main() {
     env) print_env ;;
     status) cmd_status "$@" ;;
     restart) lock_state; cmd_restart "$@" ;;
+    stop) lock_state; cmd_stop "$@" ;;
     bin-dir) echo "$BIN_DIR" ;;
-    *) echo "usage: $0 build|up|down|env|status|restart COMPONENT|bin-dir" >&2; exit 2 ;;
+    *) echo "usage: $0 build|up|down|env|status|restart COMPONENT|stop COMPONENT|bin-dir" >&2; exit 2 ;;
   esac
 }
 main "$@"; exit $?  # keep on one line: safe to edit this file while it runs

@@ -144,6 +144,12 @@ integrations:
   frameworks: [batch/job]
   externalFrameworks:
   - LLMTrainingJob.v1alpha1.llmtraining.dev
+# MultiKueue, in a manager cluster: the generic adapter for external frameworks (gate MultiKueueAdaptersForCustomJobs,
+# beta and on) copies an LLMTrainingJob with spec.managedBy to the worker cluster that admits its Workload, and the
+# worker's status back. Inert without a MultiKueueCluster (tests/e2e/test_multikueue_clusters.py makes one).
+multiKueue:
+  externalFrameworks:
+  - name: LLMTrainingJob.v1alpha1.llmtraining.dev
 featureGates:
   VisibilityOnDemand: false  # an aggregated API server of its own: not needed here
 EOC

@@ -237,7 +237,8 @@ class Reconciler:
         its status back here, so the operator only creates the job's Workload (which MultiKueue dispatches) and never
         creates pods nor writes the status."""
         meta = job.metadata
-        if self.settings.kueue and kueue.queue_name(job) and self.view.workload(meta.namespace, meta.name, meta.uid) is None:
+        has_workload = self.view.workload(meta.namespace, meta.name, meta.uid) is not None
+        if self.settings.kueue and multikueue.manager_creates_workload(kueue.queue_name(job), has_workload, previous):
             self._create_workload(job, int(previous.get("restarts") or 0))
         return Decision(status=dict(previous))
 

@@ -6,6 +6,7 @@ kwok with fake GPU nodes) is built from Go modules and started on 127.0.0.1 by
 
 Fixtures:
   control_plane (session) -> ControlPlane with .kubeconfig, .env, .bin_dir, .kubectl(...)
+  control_planes (session) -> ControlPlanes: .start(name, **env) another control plane, .stop(it)
   namespace     (function) -> name of a fresh namespace, deleted (without waiting) afterwards
 
 Environment knobs:
@@ -140,6 +141,12 @@ class ControlPlane:
         if proc.returncode != 0:
             pytest.fail(f"hack/controlplane.sh restart {component} failed (rc={proc.returncode}):\n{_tail(proc.stdout)}")
 
+    def stop(self, component: str) -> None:
+        """Stop one component (e.g. kube-apiserver: the cluster is down for its clients) until restart(component)."""
+        proc = _run_script("stop", self._script_env, timeout=60, args=(component,))
+        if proc.returncode != 0:
+            pytest.fail(f"hack/controlplane.sh stop {component} failed (rc={proc.returncode}):\n{_tail(proc.stdout)}")
+
     def log_tail(self, component: str, lines: int = 40) -> str:
         path = Path(self.state_dir) / "logs" / f"{component}.log"
         try:
@@ -168,14 +175,11 @@ def _run_script(cmd: str, env: dict[str, str], timeout: float | None, args: tupl
         return subprocess.CompletedProcess([str(SCRIPT), cmd], rc, out.read(), "")
 
 
-@pytest.fixture(scope="session")
-def control_plane() -> ControlPlane:
-    script_env = dict(os.environ)
+def start_control_plane(script_env: dict[str, str], state_dir: str) -> ControlPlane:
+    """A control plane in state_dir (built first if need be), started unless one already runs there. script_env: the
+    environment of hack/controlplane.sh (LLMTO_CP_NODES, LLMTO_CP_AUDIT, ...); its LLMTO_CP_DIR is set to state_dir."""
+    script_env = {**script_env, "LLMTO_CP_DIR": state_dir}
     script_env.pop("KUBECONFIG", None)
-    # the audit log (metadata only) proves who wrote what: tests/e2e/test_two_replicas.py reads it
-    script_env.setdefault("LLMTO_CP_AUDIT", "1")
-    state_dir = script_env.get("LLMTO_CP_DIR", "/tmp/llmto-controlplane")
-
     build = _run_script("build", script_env, timeout=None)
     if build.returncode != 0:
         pytest.fail(f"hack/controlplane.sh build failed (rc={build.returncode}):\n{_tail(build.stdout)}",
@@ -193,13 +197,58 @@ def control_plane() -> ControlPlane:
     env = dict(script_env)
     env["KUBECONFIG"] = kubeconfig
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    cp = ControlPlane(kubeconfig=kubeconfig, bin_dir=bin_dir, env=env, state_dir=state_dir,
-                      started_here=not already_up, _script_env=script_env)
+    return ControlPlane(kubeconfig=kubeconfig, bin_dir=bin_dir, env=env, state_dir=state_dir,
+                        started_here=not already_up, _script_env=script_env)
+
+
+def stop_control_plane(cp: ControlPlane) -> None:
+    """`hack/controlplane.sh down` (with Kueue, if it runs there) for a control plane this session started, unless
+    LLMTO_CP_KEEP=1."""
+    if cp.started_here and os.environ.get("LLMTO_CP_KEEP") != "1":
+        _run_script("down", cp._script_env, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> ControlPlane:
+    script_env = dict(os.environ)
+    # the audit log (metadata only) proves who wrote what: tests/e2e/test_two_replicas.py reads it
+    script_env.setdefault("LLMTO_CP_AUDIT", "1")
+    cp = start_control_plane(script_env, script_env.get("LLMTO_CP_DIR", "/tmp/llmto-controlplane"))
     try:
         yield cp
     finally:
-        if cp.started_here and os.environ.get("LLMTO_CP_KEEP") != "1":
-            _run_script("down", script_env, timeout=120)
+        stop_control_plane(cp)
+
+
+class ControlPlanes:
+    """Control planes beside the session's (e.g. a MultiKueue worker cluster), each in its own state dir
+    (<the session's>-<name>), on free loopback ports."""
+
+    def __init__(self, base: ControlPlane):
+        self.base = base
+        self.started: list[ControlPlane] = []
+
+    def start(self, name: str, **env: str) -> ControlPlane:
+        """env: hack/controlplane.sh's settings for this one (LLMTO_CP_NODES, LLMTO_CP_AUDIT, ...) over the session's."""
+        cp = start_control_plane({**self.base._script_env, **env}, f"{self.base.state_dir}-{name}")
+        self.started.append(cp)
+        return cp
+
+    def stop(self, cp: ControlPlane) -> None:
+        if cp in self.started:
+            self.started.remove(cp)
+            stop_control_plane(cp)
+
+
+@pytest.fixture(scope="session")
+def control_planes(control_plane: ControlPlane) -> ControlPlanes:
+    """A factory of more control planes; what a test module left running is stopped at the session's end."""
+    planes = ControlPlanes(control_plane)
+    try:
+        yield planes
+    finally:
+        for cp in list(planes.started):
+            planes.stop(cp)
 
 
 @pytest.fixture

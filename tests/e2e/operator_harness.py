@@ -91,53 +91,66 @@ class OperatorProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def service_account_kubeconfig(cp, path: Path) -> str:
-    """A kubeconfig that authenticates as the operator's ServiceAccount (bound to the chart's rules)."""
+def service_account_kubeconfig(cp, path: Path, namespace: str = OPERATOR_NS, account: str = OPERATOR_SA) -> str:
+    """A kubeconfig that authenticates as a ServiceAccount, by default the operator's (bound to the chart's rules):
+    the API server's address and CA inline, a token (4 h)."""
     admin = yaml.safe_load(Path(cp.kubeconfig).read_text())
     cluster = admin["clusters"][0]["cluster"]
-    token = cp.kubectl("-n", OPERATOR_NS, "create", "token", OPERATOR_SA, "--duration=4h").stdout.strip()
+    token = cp.kubectl("-n", namespace, "create", "token", account, "--duration=4h").stdout.strip()
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "e2e", "cluster": cluster}],
-        "users": [{"name": OPERATOR_SA, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": OPERATOR_SA}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "e2e", "user": account}}],
         "current-context": "operator",
     }
     path.write_text(yaml.safe_dump(config))
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def crd(control_plane):
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+def install_crd(cp) -> str:
+    """Our CRD applied and served (in discovery)."""
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     # not `kubectl wait`: it errors out instead of waiting while the new CRD has no status conditions yet
-    control_plane.wait_for(lambda: control_plane.kubectl(
+    cp.wait_for(lambda: cp.kubectl(
         "get", "crd/llmtrainingjobs.llmtraining.dev", "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}").stdout == "True",
         timeout=60, what="the CRD established")
     # kubectl's discovery cache learns about the new resource a moment later
-    control_plane.wait_for(lambda: control_plane.kubectl("explain", "ltj", check=False).returncode == 0, timeout=60, what="ltj in discovery")
+    cp.wait_for(lambda: cp.kubectl("explain", "ltj", check=False).returncode == 0, timeout=60, what="ltj in discovery")
     return "llmtrainingjobs.llmtraining.dev"
 
 
 @pytest.fixture(scope="session")
-def operator(control_plane, crd, tmp_path_factory):
+def crd(control_plane):
+    return install_crd(control_plane)
+
+
+def start_operator(cp, log_dir: Path, rule_sets: tuple[str, ...] = ("namespaced", "cluster"), extra_args: tuple[str, ...] = ()) -> OperatorProcess:
+    """`llm-operator run` against cp under the operator's ServiceAccount, bound to these rule sets of the chart's
+    rbac-rules.yaml (and nothing more), started and healthy."""
     rules = yaml.safe_load(RULES_FILE.read_text())
-    control_plane.apply([
+    cp.apply([
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NS}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "llm-training-operator-e2e"},
-         "rules": rules["namespaced"] + rules["cluster"]},
+         "rules": [rule for rule_set in rule_sets for rule in rules[rule_set]]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "llm-training-operator-e2e"},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "llm-training-operator-e2e"},
          "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NS}]},
     ])
-    log_dir = tmp_path_factory.mktemp("operator")
-    kubeconfig = service_account_kubeconfig(control_plane, log_dir / "operator.kubeconfig")
+    kubeconfig = service_account_kubeconfig(cp, log_dir / "operator.kubeconfig")
     # the identity really is least-privileged: it may not, e.g., read secrets cluster-wide or delete nodes
-    assert control_plane.kubectl("auth", "can-i", "list", "secrets", "-A", f"--as=system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}", check=False).stdout.strip() == "no"
-    op = OperatorProcess(control_plane, kubeconfig, log_dir)
+    assert cp.kubectl("auth", "can-i", "list", "secrets", "-A", f"--as=system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}", check=False).stdout.strip() == "no"
+    op = OperatorProcess(cp, kubeconfig, log_dir)
+    op.extra_args = list(extra_args)
     op.start()
+    return op
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane, crd, tmp_path_factory):
+    op = start_operator(control_plane, tmp_path_factory.mktemp("operator"))
     yield op
     op.stop()
 

@@ -1,6 +1,7 @@
-"""MultiKueue, worker side (issue 20): a job copied here by MultiKueue (label kueue.x-k8s.io/prebuilt-workload-name, no
-managedBy) adopts the Workload MultiKueue created instead of creating one. Tables of the adoption decision, the
-lifecycle of such a job, and the reconciler against the fake API server of test_kueue_workload.py."""
+"""MultiKueue (issue 20). Worker side: a job copied here by MultiKueue (label kueue.x-k8s.io/prebuilt-workload-name, no
+managedBy) adopts the Workload MultiKueue created instead of creating one. Manager side (spec.managedBy): one Workload,
+never one for a job that ended. Tables of the decisions, the lifecycle of such a job, and the reconciler against the fake
+API server of test_kueue_workload.py. With real clusters: tests/e2e/test_multikueue_clusters.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from llm_operator import kueue
 from llm_operator.api import parse_job
-from llm_operator.multikueue import ADOPT, FOREIGN, JOB_UID_LABEL, PREBUILT_WORKLOAD_LABEL, USE, WAIT, adoption, adoption_patch
+from llm_operator.multikueue import ADOPT, FOREIGN, JOB_UID_LABEL, PREBUILT_WORKLOAD_LABEL, USE, WAIT, adoption, adoption_patch, manager_creates_workload
 
 from test_kueue_workload import ADMISSION, ADMITTED, QUEUE, kueue_reconciler, run
 from test_lifecycle import UID, conditions
@@ -119,3 +120,27 @@ def test_reconciler_adopts_the_prebuilt_workload_and_runs_the_gang(copied):
     kube.calls.clear()
     reconcile(reconciler, copied)
     assert len(kube.pods()) == 2 and ("get-workload", PREBUILT) not in kube.calls  # the view has it now: no more lookups
+
+
+# ============================================================== the manager side: spec.managedBy
+@pytest.mark.parametrize("queue, has_workload, phase, creates", [
+    (QUEUE, False, None, True),  # a new job: its Workload, which MultiKueue dispatches
+    (QUEUE, False, "Pending", True),
+    (QUEUE, False, "Running", True),  # its Workload deleted under it (by hand): Kueue has nothing to keep it on a worker without one
+    (QUEUE, True, None, False),  # one Workload per job
+    (None, False, None, False),  # no LocalQueue named: nothing to queue it in
+    (QUEUE, False, "Succeeded", False),  # ended on the worker (its status copied back), Workload gone: it would run again
+    (QUEUE, False, "Failed", False),
+])
+def test_the_manager_creates_a_workload_for_a_queued_job_that_has_none_and_has_not_ended(queue, has_workload, phase, creates):
+    status = {} if phase is None else {"phase": phase}
+    assert manager_creates_workload(queue, has_workload, status) is creates
+
+
+def test_a_dispatched_job_that_ended_gets_no_new_workload_when_kueue_deleted_its_own(manifest):
+    manifest["metadata"]["labels"] = {kueue.QUEUE_NAME_LABEL: QUEUE}
+    manifest["spec"]["managedBy"] = "kueue.x-k8s.io/multikueue"
+    manifest["status"] = {"phase": "Succeeded", "restarts": 0}  # MultiKueue's copy of the worker's status
+    reconciler, events = kueue_reconciler(manifest)
+    reconcile(reconciler, manifest)  # its finished Workload deleted (Kueue's objectRetentionPolicies): the view has none
+    assert reconciler.kube.calls == [] and events == [] and manifest["status"] == {"phase": "Succeeded", "restarts": 0}
