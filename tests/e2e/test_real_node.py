@@ -87,7 +87,7 @@ def import_images(real_node: dict[str, str], *targets: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def operator_image(real_node: dict[str, str]) -> str:
     """The operator image alone (no torch, no DeepSpeed): all that cluster_operator needs, so a test of the operator
-    itself (tests/e2e/test_operator_upgrade.py) does not wait for the trainer images."""
+    itself (the rolling-upgrade test on branch upg-helm-upgrade) does not wait for the trainer images."""
     return import_images(real_node, "operator")["operator"]
 
 
