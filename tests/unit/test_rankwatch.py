@@ -7,6 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Iterator
+
+import pytest
 
 from llm_trainer.launch.rankwatch import ProcInfo, RankExit, RankWatch, descendants, first_failure, read_proc, returncode_of
 
@@ -94,35 +97,34 @@ def test_ranks_that_all_exit_0_are_no_failure():
     assert first_failure([*exits, RankExit("1", 3, -signal.SIGTERM, 5), RankExit("2", 4, None, 5)]) == RankExit("1", 3, -signal.SIGTERM, 5)
 
 
-def test_descendants_are_read_from_proc_zombies_included():
+@pytest.fixture
+def parent_and_child() -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A process whose one child sleeps: a runner and its rank, as the watch sees them in /proc."""
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, time; c = subprocess.Popen(['sleep', '30']); "
+                               "print(c.pid, flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        yield parent, int(parent.stdout.readline())
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_descendants_are_read_from_proc_zombies_included(parent_and_child):
     """What the watch scans in the pod: the command's process tree, a killed rank still there until it is reaped."""
-    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, time; c = subprocess.Popen(['sleep', '30']); "
-                               "print(c.pid, flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert parent.stdout is not None
-        child = int(parent.stdout.readline())
-        assert descendants(parent.pid) == [child]
-        os.kill(child, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while not (info := read_proc(child)) or not info.zombie:
-            assert time.monotonic() < deadline, "the killed child never became a zombie"
-            time.sleep(0.05)
-        assert descendants(parent.pid) == [child] and returncode_of(info.wait_status or 0) == -signal.SIGKILL
-    finally:
-        parent.kill()
-        parent.wait()
+    parent, child = parent_and_child
+    assert descendants(parent.pid) == [child]
+    os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not (info := read_proc(child)) or not info.zombie:
+        assert time.monotonic() < deadline, "the killed child never became a zombie"
+        time.sleep(0.05)
+    assert descendants(parent.pid) == [child] and returncode_of(info.wait_status or 0) == -signal.SIGKILL
 
 
-def test_a_tree_watch_lists_a_known_rank_but_not_what_runs_below_it():
+def test_a_tree_watch_lists_a_known_rank_but_not_what_runs_below_it(parent_and_child):
     """RankWatch.of_tree scans the runner's children each POLL, not every thread and worker of the ranks below them."""
-    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, time; c = subprocess.Popen(['sleep', '30']); "
-                               "print(c.pid, flush=True); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert parent.stdout is not None
-        child = int(parent.stdout.readline())
-        assert descendants(os.getpid(), prune=lambda pid: pid == parent.pid).count(child) == 0
-        assert parent.pid in descendants(os.getpid(), prune=lambda pid: pid == parent.pid)
-        assert child in descendants(os.getpid())
-    finally:
-        parent.kill()
-        parent.wait()
+    parent, child = parent_and_child
+    assert descendants(os.getpid(), prune=lambda pid: pid == parent.pid).count(child) == 0
+    assert parent.pid in descendants(os.getpid(), prune=lambda pid: pid == parent.pid)
+    assert child in descendants(os.getpid())
