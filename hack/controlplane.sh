@@ -85,6 +85,8 @@ die() { log "ERROR: $*"; exit 1; }
 # ================================================================= build ====
 # shellcheck source=lib/go-env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/go-env.sh"
+# shellcheck source=lib/spawn.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/spawn.sh"
 
 # write_module NAME REQUIRE... : create wrapper module ${BUILD_DIR}/src/NAME with go.mod
 write_module() {
@@ -315,17 +317,7 @@ EOK
 start() {
   local name="$1"; shift
   log "starting ${name}"
-  # shellcheck disable=SC2016  # $$/$0/$@ expand in the child shell: it records its own pid, then execs
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" \
-    </dev/null >"$LOGS/$name.log" 2>&1 9>&- &  # fd 9 is the state lock: do not inherit it
-  local i; for i in $(seq 50); do [[ -s "$PIDS/$name.pid" ]] && break; sleep 0.1; done
-  # the pid file is written before the exec: until the exec (slow on a loaded machine) the pid is a shell, which
-  # alive_pid takes for a dead component ("exited while waiting"); wait for the binary, or for the process to end
-  for i in $(seq 100); do
-    alive_pid "$name" >/dev/null && break
-    kill -0 "$(cat "$PIDS/$name.pid" 2>/dev/null)" 2>/dev/null || break
-    sleep 0.1
-  done
+  spawn "$PIDS/$name.pid" "$LOGS/$name.log" "$@"
 }
 
 # pid of component NAME if it is running and is the binary we started

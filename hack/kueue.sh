@@ -37,6 +37,8 @@ die() { log "ERROR: $*"; exit 1; }
 
 # shellcheck source=lib/go-env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/go-env.sh"
+# shellcheck source=lib/spawn.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/spawn.sh"
 
 # ================================================================= build ====
 cmd_build() {
@@ -220,11 +222,7 @@ EOP
   write_config
   write_webhooks
   log "starting kueue manager"
-  # shellcheck disable=SC2016  # $$/$0/$@ expand in the child shell: it records its own pid, then execs
-  KUBECONFIG="$KUBECONFIG_PATH" setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" \
-    "$BIN_DIR/kueue" --config="${STATE_DIR}/config.yaml" --zap-log-level=2 \
-    </dev/null >"$LOG" 2>&1 &
-  local i; for i in $(seq 50); do [[ -s "$PID_FILE" ]] && break; sleep 0.1; done
+  KUBECONFIG="$KUBECONFIG_PATH" spawn "$PID_FILE" "$LOG" "$BIN_DIR/kueue" --config="${STATE_DIR}/config.yaml" --zap-log-level=2
   local deadline=$((SECONDS + 120))
   until ready; do
     alive_pid >/dev/null || die "kueue exited (log: ${LOG})"

@@ -55,6 +55,8 @@ die() { log "ERROR: $*"; exit 1; }
 # ================================================================= build ====
 # shellcheck source=lib/go-env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/go-env.sh"
+# shellcheck source=lib/spawn.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/spawn.sh"
 
 stamp_ok() { [[ -f "${BIN_DIR}/.stamp-$1" && "$(cat "${BIN_DIR}/.stamp-$1")" == "$2" ]]; }
 stamp() { echo "$2" >"${BIN_DIR}/.stamp-$1"; }
@@ -163,17 +165,7 @@ free_port() {
 start() {
   local name="$1"; shift
   log "starting ${name}"
-  # shellcheck disable=SC2016
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$STATE/pids/$name.pid" "$@" \
-    </dev/null >"$STATE/logs/$name.log" 2>&1 9>&- &
-  local i; for i in $(seq 50); do [[ -s "$STATE/pids/$name.pid" ]] && break; sleep 0.1; done
-  # the pid file is written before the exec: until the exec (slow on a loaded machine) the pid is a shell, which
-  # alive_pid takes for a dead component ("exited while waiting"); wait for the binary, or for the process to end
-  for i in $(seq 100); do
-    alive_pid "$name" >/dev/null && break
-    kill -0 "$(cat "$STATE/pids/$name.pid" 2>/dev/null)" 2>/dev/null || break
-    sleep 0.1
-  done
+  spawn "$STATE/pids/$name.pid" "$STATE/logs/$name.log" "$@"
 }
 alive_pid() {
   local pid f="$STATE/pids/$1.pid"
@@ -398,7 +390,7 @@ ctr_() { "$BIN_DIR/ctr" --address "$STATE/containerd.sock" -n k8s.io "$@"; }
 
 start_containerd() {
   mkdir -p "$STATE/containerd"
-  start containerd env PATH="$BIN_DIR:$PATH" "$BIN_DIR/containerd" --config "$STATE/containerd.toml"
+  PATH="$BIN_DIR:$PATH" start containerd "$BIN_DIR/containerd" --config "$STATE/containerd.toml"
   wait_for "containerd" 60 "" "$BIN_DIR/ctr" --address "$STATE/containerd.sock" version
 }
 
