@@ -33,6 +33,11 @@ class Write:
         return f"{self.verb} {self.resource} {self.name}".rstrip()
 
 
+def unix_time(stamp: str) -> float:
+    """An API server timestamp (RFC 3339, `Z` or an offset) as a Unix time."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def _events(audit_log: Path) -> Iterator[dict]:
     """Each request once, at its last stage (ResponseComplete; a watch also logs ResponseStarted)."""
     last: dict[str, dict] = {}
@@ -53,7 +58,7 @@ def writes(audit_log: Path) -> list[Write]:
         match = OPERATOR_AGENT.search(agent)
         resource = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
         found.append(Write(identity=match["identity"] if match else "", user_agent=agent,
-                           received=datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp(),
+                           received=unix_time(event["requestReceivedTimestamp"]),
                            verb=event["verb"], resource=resource, namespace=ref.get("namespace", ""), name=ref.get("name", ""),
                            code=(event.get("responseStatus") or {}).get("code", 0)))
     return sorted(found, key=lambda w: w.received)

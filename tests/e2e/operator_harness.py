@@ -3,6 +3,7 @@ ServiceAccount, and the helpers the e2e tests use to drive jobs and read them ba
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,18 @@ REPO = Path(__file__).resolve().parents[2]
 RULES_FILE = REPO / "charts" / "llm-training-operator" / "files" / "rbac-rules.yaml"
 OPERATOR_NS = "llm-operator-e2e"
 OPERATOR_SA = "llm-training-operator"
+
+
+def json_documents(text: str) -> list[dict]:
+    """The JSON documents of a `kubectl get -w -o json` output, one after another (pretty-printed, not one a line)."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at >= len(text):
+            return found
+        document, at = decoder.raw_decode(text, at)
+        found.append(document)
 
 
 def free_port() -> int:

@@ -3,11 +3,10 @@ and a namespace deleted under running jobs. (Operator SIGKILLs: test_operator.py
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
-from operator_harness import finish_pod, get_job, job_manifest, job_pods, wait_phase
+from operator_harness import finish_pod, get_job, job_manifest, job_pods, json_documents, wait_phase
 
 
 class JobWatch:
@@ -21,17 +20,7 @@ class JobWatch:
     def stop(self) -> list[dict]:
         self.proc.terminate()
         out, _ = self.proc.communicate(timeout=20)
-        decoder, seen, at = json.JSONDecoder(), [], 0
-        while (at := _skip_space(out, at)) < len(out):
-            event, at = decoder.raw_decode(out, at)
-            seen.append(event["object"])
-        return seen
-
-
-def _skip_space(text: str, at: int) -> int:
-    while at < len(text) and text[at].isspace():
-        at += 1
-    return at
+        return [event["object"] for event in json_documents(out)]
 
 
 def test_namespace_deletion_leaves_jobs_to_the_garbage_collector(control_plane, operator, namespace):

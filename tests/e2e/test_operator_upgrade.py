@@ -18,19 +18,19 @@ The time without a leader (Lease released or expired → taken by the next repli
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import test_real_node
-from audit_trail import Write, creates_by_name, pod_creates_by_name, writes
-from operator_harness import job_manifest
+from audit_trail import Write, creates_by_name, pod_creates_by_name, unix_time, writes
+from llm_operator.lease import LEASE_NAME, Timing
+from llm_operator.render.names import JOB_NAME_LABEL
+from operator_harness import job_manifest, json_documents
 from test_real_node import CHART, lease_holder
 
 if TYPE_CHECKING:
@@ -45,9 +45,7 @@ operator_image = test_real_node.operator_image
 real_ns = test_real_node.real_ns
 cluster_operator = test_real_node.cluster_operator
 
-LEASE = "llm-training-operator"
-RENEW_DEADLINE_SECONDS = 10  # operator/lease.py Timing: a leader that could not renew for this long writes no more
-JOB_LABEL = "llmtraining.dev/job-name"
+RENEW_DEADLINE_SECONDS = Timing().renew_deadline_seconds  # a leader that could not renew for this long writes no more
 OPERATOR_SELECTOR = f"app.kubernetes.io/instance={test_real_node.RELEASE},app.kubernetes.io/component=operator"
 JOBS, WORKERS = 8, 2
 KINDS = ("noSsh", "ssh", "program")  # the built-in trainer in both launcher modes, and a program job (its init container
@@ -80,10 +78,6 @@ def sshd_only(pod: str) -> bool:
     return "-ssh-worker-" in pod and not pod.endswith("-worker-0")
 
 
-def wall(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
 class LeaseWatch:
     """`kubectl get lease -w -o json` in the background: every record the Lease had, which polling could miss (a
     released Lease is free for about a retry period)."""
@@ -92,7 +86,7 @@ class LeaseWatch:
         self.path = log_dir / "lease-watch.json"
         self.out = open(self.path, "w")
         self.err = open(log_dir / "lease-watch.err", "w")
-        self.proc = subprocess.Popen([f"{cp.bin_dir}/kubectl", "-n", namespace, "get", "lease", LEASE, "-w", "-o", "json"],
+        self.proc = subprocess.Popen([f"{cp.bin_dir}/kubectl", "-n", namespace, "get", "lease", LEASE_NAME, "-w", "-o", "json"],
                                      env=cp.env, stdout=self.out, stderr=self.err, stdin=subprocess.DEVNULL)
 
     def stop(self) -> list[dict]:
@@ -101,13 +95,8 @@ class LeaseWatch:
         self.proc.wait(10)
         self.out.close()
         self.err.close()
-        text, decoder, at, specs, versions = self.path.read_text(), json.JSONDecoder(), 0, [], set()
-        while True:
-            while at < len(text) and text[at].isspace():
-                at += 1
-            if at >= len(text):
-                break
-            obj, at = decoder.raw_decode(text, at)
+        specs, versions = [], set()
+        for obj in json_documents(self.path.read_text()):
             for lease in obj.get("items", []) if obj.get("kind") == "List" else [obj]:
                 if lease["metadata"]["resourceVersion"] not in versions:
                     versions.add(lease["metadata"]["resourceVersion"])
@@ -124,13 +113,13 @@ def terms(specs: list[dict]) -> list[dict]:
         current = out[-1] if out else None
         if not holder:  # released (operator/lease.py release: the release time in renewTime)
             if current and current["how"] == "holding":
-                current.update(ended=wall(spec["renewTime"]), how="released")
+                current.update(ended=unix_time(spec["renewTime"]), how="released")
             continue
         if current is None or current["identity"] != holder or current["how"] != "holding":
             if current and current["how"] == "holding":  # taken over without a release: it expired
                 current.update(ended=current["renewed"] + RENEW_DEADLINE_SECONDS, how="expired")
-            out.append({"identity": holder, "acquired": wall(spec["acquireTime"]), "ended": None, "how": "holding"})
-        out[-1]["renewed"] = wall(spec["renewTime"])
+            out.append({"identity": holder, "acquired": unix_time(spec["acquireTime"]), "ended": None, "how": "holding"})
+        out[-1]["renewed"] = unix_time(spec["renewTime"])
     return out
 
 
@@ -177,14 +166,14 @@ def test_helm_upgrade_to_another_operator_image_while_jobs_run(control_plane: Co
     try:
         def all_running() -> dict[str, str] | None:
             jobs = cp.get_json("-n", ns, "ltj")["items"]
-            pods = cp.get_json("-n", ns, "pods", "-l", JOB_LABEL)["items"]
+            pods = cp.get_json("-n", ns, "pods", "-l", JOB_NAME_LABEL)["items"]
             if len(jobs) == JOBS and all((j.get("status") or {}).get("phase") == "Running" for j in jobs) \
                     and len(pods) == JOBS * WORKERS and all(p["status"].get("phase") == "Running" for p in pods):
                 return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
             return None
 
         before = cp.wait_for(all_running, timeout=180, interval=1, what=f"{JOBS} jobs × {WORKERS} workers Running")
-        assert all(p["spec"]["nodeName"] != "realnode" for p in cp.get_json("-n", ns, "pods", "-l", JOB_LABEL)["items"])
+        assert all(p["spec"]["nodeName"] != "realnode" for p in cp.get_json("-n", ns, "pods", "-l", JOB_NAME_LABEL)["items"])
 
         # the upgrade: the same values but the image (and with it LLMTO_LAUNCHER_IMAGE); the first jobs' pods told to exit
         # a few seconds into it
@@ -236,7 +225,7 @@ def test_helm_upgrade_to_another_operator_image_while_jobs_run(control_plane: Co
 
         # every worker pod created once: the same pods (by UID) as before the upgrade, one create each in the audit log;
         # the only pods deleted are the ssh jobs' sshd-only workers, once their job succeeded
-        pods = cp.get_json("-n", ns, "pods", "-l", JOB_LABEL)["items"]
+        pods = cp.get_json("-n", ns, "pods", "-l", JOB_NAME_LABEL)["items"]
         kept = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods if not p["metadata"].get("deletionTimestamp")}
         assert kept == {name: uid for name, uid in before.items() if not sshd_only(name)}, "a worker pod was created again"
         deleted = [w for w in writes(audit_log) if w.identity and w.verb == "delete" and w.resource == "pods" and w.namespace == ns]
@@ -249,7 +238,7 @@ def test_helm_upgrade_to_another_operator_image_while_jobs_run(control_plane: Co
         uids = {j["metadata"]["uid"] for j in jobs}
         gang_kinds = cp.kubectl("api-resources", "--api-group=scheduling.k8s.io", "-o", "name").stdout.split()
         gang_kinds = [k for k in gang_kinds if k.split(".")[0] in ("workloads", "podgroups")]  # Kubernetes' gang scheduling
-        children = cp.get_json("-n", ns, ",".join(["pods", "services", "configmaps", "secrets", *gang_kinds]), "-l", JOB_LABEL)["items"]
+        children = cp.get_json("-n", ns, ",".join(["pods", "services", "configmaps", "secrets", *gang_kinds]), "-l", JOB_NAME_LABEL)["items"]
         orphans = [f"{c['kind']}/{c['metadata']['name']}" for c in children
                    if not any(o.get("controller") and o["uid"] in uids for o in c["metadata"].get("ownerReferences") or [])]
         assert not orphans, f"children without their job: {orphans}"
@@ -281,7 +270,7 @@ def test_helm_upgrade_to_another_operator_image_while_jobs_run(control_plane: Co
             for status in pod["status"].get("containerStatuses") or []:
                 finished = ((status.get("state") or {}).get("terminated") or {}).get("finishedAt")
                 if finished and pod["metadata"]["name"] not in untimed and not sshd_only(pod["metadata"]["name"]):
-                    during += started_wall <= wall(finished) <= rolled_out_wall
+                    during += started_wall <= unix_time(finished) <= rolled_out_wall
         told = len([name for name in before if name not in untimed and not sshd_only(name)])
         print(f"{during} of the {told} pods told to exit as the upgrade began ended during the rollout",
               file=sys.stderr)
