@@ -10,7 +10,8 @@
 #
 # The manager runs on the host, so its webhooks are registered with `url: https://127.0.0.1:<port>/...`
 # and a serving certificate signed by the control plane's CA (Kueue's internal cert management is off).
-# Integrations: only "pod" (plain pods, pod groups), see docs/scheduling.md for why.
+# Integrations: none of Kueue's own (the operator manages its Workloads: docs/scheduling.md); LLMTrainingJob is an
+# external framework, and MultiKueue's generic adapter copies it to a worker cluster (see the config below).
 #
 # Environment: LLMTO_CACHE, LLMTO_CP_DIR, GO as for hack/controlplane.sh; PYTHON: a python3 with PyYAML. State in $LLMTO_CP_DIR/kueue/
 # (config, pki, logs/kueue.log, pid).

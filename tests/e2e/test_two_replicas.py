@@ -21,16 +21,16 @@ import pytest
 import yaml
 
 from audit_trail import audit_writes, pod_creates
+from llm_operator.lease import LEASE_NAME, Timing
+from llm_operator.render.names import JOB_NAME_LABEL, NODE_RANK_LABEL, RESTART_LABEL
 from operator_harness import OPERATOR_NS, RULES_FILE, OperatorProcess, finish_pod, job_manifest
 
 pytestmark = pytest.mark.e2e
 
-LEASE = "llm-training-operator"
-LEASE_SECONDS = 15
+LEASE = LEASE_NAME
+LEASE_SECONDS = Timing().lease_seconds
 JOBS, WORKERS = 50, 4
-RESTART_LABEL = "llmtraining.dev/restart"
-JOB_LABEL = "llmtraining.dev/job-name"
-RANK_LABEL = "llmtraining.dev/node-rank"
+JOB_LABEL, RANK_LABEL = JOB_NAME_LABEL, NODE_RANK_LABEL
 
 
 def holder(cp) -> str:
