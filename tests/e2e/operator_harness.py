@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llm_operator.lease import LEASE_NAME
+
 REPO = Path(__file__).resolve().parents[2]
 RULES_FILE = REPO / "charts" / "llm-training-operator" / "files" / "rbac-rules.yaml"
 OPERATOR_NS = "llm-operator-e2e"
@@ -31,6 +33,12 @@ def json_documents(text: str) -> list[dict]:
             return found
         document, at = decoder.raw_decode(text, at)
         found.append(document)
+
+
+def lease_holder(cp, namespace: str) -> str:
+    """The holderIdentity of the operator's Lease (`<pod name>_<random suffix>`); empty when none holds it."""
+    proc = cp.kubectl("-n", namespace, "get", "lease", LEASE_NAME, "-o", "jsonpath={.spec.holderIdentity}", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def free_port() -> int:

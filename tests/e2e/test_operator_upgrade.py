@@ -30,8 +30,8 @@ import test_real_node
 from audit_trail import Write, creates_by_name, pod_creates_by_name, unix_time, writes
 from llm_operator.lease import LEASE_NAME, Timing
 from llm_operator.render.names import JOB_NAME_LABEL
-from operator_harness import job_manifest, json_documents
-from test_real_node import CHART, lease_holder
+from operator_harness import job_manifest, json_documents, lease_holder
+from test_real_node import CHART
 
 if TYPE_CHECKING:
     from conftest import ControlPlane

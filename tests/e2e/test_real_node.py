@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from llm_operator.lifecycle import status_figure
+from operator_harness import lease_holder
 
 if TYPE_CHECKING:
     from conftest import ControlPlane
@@ -109,13 +110,6 @@ def real_ns(control_plane: ControlPlane) -> str:
                 timeout=30, what="default ServiceAccount")
     yield name
     cp.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
-
-
-def lease_holder(cp: ControlPlane, namespace: str) -> str:
-    """The holderIdentity of the operator's Lease (`<pod name>_<random suffix>`); empty when none holds it."""
-    proc = cp.kubectl("-n", namespace, "get", "lease", "llm-training-operator", "-o", "jsonpath={.spec.holderIdentity}",
-                      check=False)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 @pytest.fixture(scope="module")

@@ -20,43 +20,34 @@ from pathlib import Path
 import pytest
 import yaml
 
-from audit_trail import audit_writes, pod_creates
+from audit_trail import audit_writes, pod_creates, unix_time
 from llm_operator.lease import LEASE_NAME, Timing
 from llm_operator.render.names import JOB_NAME_LABEL, NODE_RANK_LABEL, RESTART_LABEL
-from operator_harness import OPERATOR_NS, RULES_FILE, OperatorProcess, finish_pod, job_manifest
+from operator_harness import OPERATOR_NS, RULES_FILE, OperatorProcess, finish_pod, job_manifest, lease_holder
 
 pytestmark = pytest.mark.e2e
 
-LEASE = LEASE_NAME
 LEASE_SECONDS = Timing().lease_seconds
 JOBS, WORKERS = 50, 4
-JOB_LABEL, RANK_LABEL = JOB_NAME_LABEL, NODE_RANK_LABEL
-
-
-def holder(cp) -> str:
-    proc = cp.kubectl("-n", OPERATOR_NS, "get", "lease", LEASE, "-o", "jsonpath={.spec.holderIdentity}", check=False)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def acquired_wall(cp) -> float:
     """When the Lease's holder took it (spec.acquireTime, written by the holder itself): the bound for "wrote before it
     held the Lease", which the time the test saw the holder is not (the new leader writes between the two)."""
-    from datetime import datetime
-
-    stamp = cp.kubectl("-n", OPERATOR_NS, "get", "lease", LEASE, "-o", "jsonpath={.spec.acquireTime}").stdout.strip()
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    stamp = cp.kubectl("-n", OPERATOR_NS, "get", "lease", LEASE_NAME, "-o", "jsonpath={.spec.acquireTime}").stdout.strip()
+    return unix_time(stamp)
 
 
 def wait_holder(cp, replica: OperatorProcess, timeout: float) -> float:
     """The monotonic time at which `replica` was seen holding the Lease."""
-    cp.wait_for(lambda: holder(cp).startswith(replica.name + "_"), timeout=timeout, interval=0.2,
+    cp.wait_for(lambda: lease_holder(cp, OPERATOR_NS).startswith(replica.name + "_"), timeout=timeout, interval=0.2,
                 what=f"{replica.name} holding the Lease (log: {replica.log_path})")
     return time.monotonic()
 
 
 def jobs_and_pods(cp, namespace) -> tuple[dict[str, dict], list[dict]]:
     jobs = {j["metadata"]["name"]: j for j in cp.get_json("ltj", "-n", namespace)["items"]}
-    return jobs, cp.get_json("pods", "-n", namespace, "-l", JOB_LABEL)["items"]
+    return jobs, cp.get_json("pods", "-n", namespace, "-l", JOB_NAME_LABEL)["items"]
 
 
 def converged(cp, namespace):
@@ -67,11 +58,11 @@ def converged(cp, namespace):
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     by_job: dict[str, list[dict]] = {}
     for pod in live:
-        by_job.setdefault(pod["metadata"]["labels"][JOB_LABEL], []).append(pod)
+        by_job.setdefault(pod["metadata"]["labels"][JOB_NAME_LABEL], []).append(pod)
     for name, job in jobs.items():
         gang = by_job.get(name, [])
         generations = {p["metadata"]["labels"].get(RESTART_LABEL) for p in gang}
-        ranks = {p["metadata"]["labels"].get(RANK_LABEL) for p in gang}
+        ranks = {p["metadata"]["labels"].get(NODE_RANK_LABEL) for p in gang}
         if len(gang) != WORKERS or len(ranks) != WORKERS or generations != {str(job["status"].get("restarts", 0))}:
             return None
     return jobs, live
@@ -90,7 +81,7 @@ def replicas(control_plane, operator, namespace):
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "leader-election"},
          "subjects": [{"kind": "ServiceAccount", "name": "llm-training-operator", "namespace": OPERATOR_NS}]},
     ])
-    cp.kubectl("-n", OPERATOR_NS, "delete", "lease", LEASE, "--ignore-not-found")
+    cp.kubectl("-n", OPERATOR_NS, "delete", "lease", LEASE_NAME, "--ignore-not-found")
     operator.stop()
     started: list[OperatorProcess] = []
 
@@ -105,7 +96,7 @@ def replicas(control_plane, operator, namespace):
     finally:
         for replica in started:
             replica.stop()
-        cp.kubectl("-n", OPERATOR_NS, "delete", "lease", LEASE, "--ignore-not-found", check=False)
+        cp.kubectl("-n", OPERATOR_NS, "delete", "lease", LEASE_NAME, "--ignore-not-found", check=False)
         operator.start()
 
 
@@ -115,7 +106,7 @@ def test_two_replicas_one_writer_takeover_after_sigkill_and_hand_over_on_sigterm
     wait_holder(cp, a, timeout=30)
     b = replicas("replica-b")
     cp.wait_for(b.ready, timeout=60, what="replica-b ready as a warm standby")
-    assert holder(cp).startswith("replica-a_")
+    assert lease_holder(cp, OPERATOR_NS).startswith("replica-a_")
 
     # CPU workers (200 GPUs are more than the kwok nodes have); the kwok nodes' GPU taint tolerated
     manifests = [job_manifest(f"job-{i:02d}", nodes=WORKERS, slots=1, accelerator="cpu",
@@ -131,7 +122,7 @@ def test_two_replicas_one_writer_takeover_after_sigkill_and_hand_over_on_sigterm
     # a worker fails while no replica leads: the new leader must restart its gang
     running = cp.wait_for(lambda: next((p for p in jobs_and_pods(cp, namespace)[1] if p["status"].get("phase") == "Running"), None),
                           timeout=60, what="a running worker")
-    failed_job = running["metadata"]["labels"][JOB_LABEL]
+    failed_job = running["metadata"]["labels"][JOB_NAME_LABEL]
     finish_pod(cp, namespace, running["metadata"]["name"], 1)
 
     took_over = wait_holder(cp, b, timeout=LEASE_SECONDS + 20)
