@@ -21,9 +21,10 @@ class Watch(threading.Thread):
     """Streams a collection's watch events to on_event(type, object, received_at) until stopped; reconnects.
     Raw JSON lines over the client's connection pool: no typed models (their CPU would skew the measurement)."""
 
-    def __init__(self, api_client, path: str, on_event: Callable[[str, dict, float], None]):
+    def __init__(self, kube, path: str, on_event: Callable[[str, dict, float], None]):
+        """kube: an llm_operator.kube.Kube (its URL, auth headers and connection pool)."""
         super().__init__(daemon=True, name=f"watch {path}")
-        self.api_client, self.path, self.on_event = api_client, path, on_event
+        self.kube, self.path, self.on_event = kube, path, on_event
         self.stopped = threading.Event()
         self.started_ok = threading.Event()
         self._response = None
@@ -39,11 +40,11 @@ class Watch(threading.Thread):
         version = ""
         while not self.stopped.is_set():
             query = [("watch", "1"), ("timeoutSeconds", "30")] + ([("resourceVersion", version)] if version else [])
-            _, url, headers, _, _ = self.api_client.param_serialize("GET", self.path, query_params=query,
-                                                                     header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+            url, headers = self.kube.request_target(self.path, query)
             try:
-                response = self._response = self.api_client.rest_client.pool_manager.request(
-                    "GET", url, headers=headers, preload_content=False, timeout=urllib3.Timeout(connect=10, read=60))
+                response = self._response = self.kube.api_client.rest_client.pool_manager.request(
+                    "GET", url, headers={**headers, "Accept": "application/json"}, preload_content=False,
+                    timeout=urllib3.Timeout(connect=10, read=60))
                 self.started_ok.set()
                 pending = b""
                 for chunk in response.stream(1 << 16):

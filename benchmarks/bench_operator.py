@@ -147,8 +147,8 @@ def in_parallel(call, items, workers: int) -> list:
         return list(pool.map(call, items))
 
 
-def watch_namespace(api_client, namespace: str, timeline: Timeline) -> list[Watch]:
-    watches = [Watch(api_client, path_of("Pod", namespace), timeline.on_pod), Watch(api_client, path_of("LLMTrainingJob", namespace), timeline.on_job)]
+def watch_namespace(kube: Kube, namespace: str, timeline: Timeline) -> list[Watch]:
+    watches = [Watch(kube, path_of("Pod", namespace), timeline.on_pod), Watch(kube, path_of("LLMTrainingJob", namespace), timeline.on_job)]
     for watch in watches:
         watch.start()
         watch.started_ok.wait(30)
@@ -162,7 +162,7 @@ def raw_jobs(admin: Kube, namespace: str, args) -> list[dict]:
 
 def timed_pods(admin: Kube, namespace: str, pods: int, create) -> float:
     timeline = Timeline()
-    watches = watch_namespace(admin.api_client, namespace, timeline)
+    watches = watch_namespace(admin, namespace, timeline)
     started = time.monotonic()
     create()
     done = wait_until(lambda: len(timeline.pods_seen) >= pods, 600, f"the pods in {namespace}")
@@ -259,20 +259,22 @@ def quiet_cpu(pid: int, seconds: float = 2.0) -> bool:
 
 def operator_phase(cluster: Cluster, admin: Kube, kubeconfig: Path, args) -> dict:
     timeline = Timeline()
-    watches = watch_namespace(admin.api_client, JOBS_NS, timeline)
+    watches = watch_namespace(admin, JOBS_NS, timeline)
     wall_start = time.time()
     cgroup = cpu_cgroup(args.cpu_millicores) if args.cpu_millicores else None
     operator = start_operator(kubeconfig, args.log, cgroup, args.profile)
     load_before = os.getloadavg()[0]
     idle = proc_stats(operator.pid)
+    # 2 s a job, 900 s at least: at the chart's 100m, 1000 × 2 took 631 to 920 s to bring every pod up on the dev VM
+    patience = max(900.0, 2.0 * args.jobs)
     try:
         pods = args.jobs * args.workers
         started, wall_jobs = time.monotonic(), time.time()
         in_parallel(lambda i: admin.create(job_manifest(f"job-{i}", args.workers)), range(args.jobs), args.concurrency)
-        all_pods = wait_until(lambda: len(timeline.pods_seen) >= pods, 900, "the operator's pods")
+        all_pods = wait_until(lambda: len(timeline.pods_seen) >= pods, patience, "the operator's pods")
         wall_all_pods = time.time()
         at_all_pods = proc_stats(operator.pid)
-        all_running = wait_until(lambda: len(timeline.job_running) >= args.jobs, 900, "every job Running", interval=0.2)
+        all_running = wait_until(lambda: len(timeline.job_running) >= args.jobs, patience, "every job Running", interval=0.2)
         wall_running = time.time()
         at_running = proc_stats(operator.pid)
 
@@ -292,7 +294,7 @@ def operator_phase(cluster: Cluster, admin: Kube, kubeconfig: Path, args) -> dic
             done = {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "0"}}}
             in_parallel(lambda name: admin.request("PATCH", path_of("Pod", JOBS_NS, name), done, content_type="application/merge-patch+json"),
                         names, args.concurrency)
-            wait_until(lambda: len(timeline.job_succeeded) >= args.jobs, 900, "every job Succeeded", interval=0.5)
+            wait_until(lambda: len(timeline.job_succeeded) >= args.jobs, patience, "every job Succeeded", interval=0.5)
             time.sleep(args.settle)
             finished = proc_stats(operator.pid)
             if args.restart:  # a fresh operator finds N finished jobs: what it keeps of them, without the running past

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from kubernetes import client
 
-from llm_operator.kube import ForeignChild, Kube, NamespaceTerminating
+from llm_operator.kube import AUTH_REFRESH_S, ForeignChild, Kube, NamespaceTerminating
 from llm_operator.lifecycle import Event
 
 TERMINATING = {"kind": "Status", "code": 403, "reason": "Forbidden",
@@ -20,7 +21,7 @@ TERMINATING = {"kind": "Status", "code": 403, "reason": "Forbidden",
 
 class FakeApiServer(ThreadingHTTPServer):
     def __init__(self, respond):
-        self.respond, self.requests, self.connections = respond, [], 0
+        self.respond, self.requests, self.connections, self.headers = respond, [], 0, []
         super().__init__(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -37,6 +38,7 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
         self.server.requests.append((self.command, self.path, body))
+        self.server.headers.append(self.headers)  # case-insensitive, as HTTP headers are
         code, payload = self.server.respond(self.command, self.path, body)
         data = json.dumps(payload).encode()
         self.send_response(code)
@@ -151,3 +153,33 @@ def test_dry_run_create_posts_with_dry_run_all_and_returns_what_would_be_stored(
     probe = {"apiVersion": "scheduling.k8s.io/v1beta1", "kind": "PodGroup", "metadata": {"generateName": "p-", "namespace": "ns"}, "spec": {}}
     assert kube.dry_run_create(probe) == stored
     assert [(m, p) for m, p, _ in server.requests] == [("POST", "/apis/scheduling.k8s.io/v1beta1/namespaces/ns/podgroups?dryRun=All")]
+
+
+def test_a_rotated_token_is_sent_within_a_second_without_running_the_refresh_hook_per_request(serve):
+    """The kubeconfig's refresh hook (an exec plugin's or a projected service-account token) re-sets the host, which
+    reads the whole environment: once a second, not once a request (issue 22)."""
+    server, kube = serve(lambda method, path, body: (200, {}))
+    configuration = kube.api_client.configuration
+    configuration.api_key = {"authorization": "old"}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    hook_runs = []
+    configuration.refresh_api_key_hook = lambda c: hook_runs.append(c)
+    for _ in range(10):
+        kube.get_job("ns", "demo")
+    configuration.api_key = {"authorization": "new"}  # the token file was rotated
+    kube.get_job("ns", "demo")
+    assert len(hook_runs) == 1 and server.headers[-1]["Authorization"] == "Bearer old"
+    time.sleep(AUTH_REFRESH_S)
+    kube.get_job("ns", "demo")
+    assert len(hook_runs) == 2 and server.headers[-1]["Authorization"] == "Bearer new"
+
+
+def test_requests_carry_the_user_agent_and_a_merge_patch_its_content_type(serve):
+    server, kube = serve(lambda method, path, body: (200, {"status": {"phase": "Running"}}))
+    kube.api_client.user_agent = "llm-training-operator/test replica-a"
+    assert kube.patch_job_status("ns", "demo", {"phase": "Running", "message": None}) == {"status": {"phase": "Running"}}
+    method, path, body = server.requests[0]
+    assert (method, path, body) == ("PATCH", "/apis/llmtraining.dev/v1alpha1/namespaces/ns/llmtrainingjobs/demo/status",
+                                    {"status": {"phase": "Running", "message": None}})
+    assert server.headers[0]["Content-Type"] == "application/merge-patch+json"
+    assert server.headers[0]["User-Agent"] == "llm-training-operator/test replica-a"
