@@ -160,10 +160,13 @@ class Trainer:
         self.evaluation: Optional[Any] = None
         if self.sft and held_out is not None and t.eval_interval_steps:
             assert isinstance(held_out, SFTSource)
-            self.evaluation = SFTEvaluation(sft_eval_batches(held_out, t.eval_steps, dp_rank, dp_size, self.micro, self.cfg.vocab_size),
+            self.evaluation = SFTEvaluation(sft_eval_batches(held_out, t.eval_steps, dp_rank, dp_size, self.micro, self.accumulation,
+                                                             self.cfg.vocab_size),
                                             d.device, spec.data.packing, data_parallel=dp_size)
         elif held_out is not None and t.eval_interval_steps:
-            self.evaluation = Evaluation(eval_batches(held_out, t.eval_steps, dp_rank, dp_size, self.micro, self.cfg.vocab_size),
+            # evalSteps global batches, split like the training batch: the same samples on any number of ranks
+            self.evaluation = Evaluation(eval_batches(held_out, t.eval_steps, dp_rank, dp_size, self.micro, self.accumulation,
+                                                      self.cfg.vocab_size),
                                          d.world_size, d.device, pipeline.evaluate if self.stages > 1 else evaluate,
                                          data_parallel=dp_size)
         self.eval_history: list[dict[str, Any]] = []
