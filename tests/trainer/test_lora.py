@@ -5,6 +5,7 @@ checkpoint, resume on another world size and evaluate with adapters."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -209,6 +210,25 @@ def test_an_early_stopped_run_exports_its_best_evaluation_and_keeps_its_checkpoi
     assert exported.keys() == best.keys()
     assert all(torch.equal(exported[k], best[k]) for k in best)
     assert any(not torch.equal(exported[k], last[k]) for k in last)
+
+
+def test_a_run_restarted_after_its_early_stop_stays_stopped(lora_run, tmp_path):
+    """The early-stopped run's output run again (as a gang restarted after the stop, or the job run again): it resumes
+    from the stop's checkpoint, whose evaluation history already says stop, and ends there as before, training nothing."""
+    out = tmp_path / "out"
+    shutil.copytree(lora_run.out, out)
+    job = lora_run.out.parent / "job.yaml"
+    again = run_ranks(job, out)
+    assert again.codes == [0, 0], again.log_tail()
+    summary = again.summary
+    assert summary["resumed_from"] == f"global_step{STOP_STEP}" and summary["losses"] == []  # no step trained
+    assert (summary["steps"], summary["stop_reason"], summary["best_eval_step"]) == (STOP_STEP, "EarlyStopped", BEST_STEP)
+    assert summary["eval_losses"] == lora_run.summary["eval_losses"]
+    checkpoints = out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("global_step*")) == [f"global_step{BEST_STEP}", f"global_step{STOP_STEP}"]
+    exported = load_file(str(Path(summary["model"]) / lora.ADAPTER_WEIGHTS))
+    best = adapter_tensors(checkpoints / f"global_step{BEST_STEP}")
+    assert exported.keys() == best.keys() and all(torch.equal(exported[k], best[k]) for k in best)
 
 
 def test_a_lora_run_resumes_on_another_world_size(lora_run, tmp_path):
