@@ -5,9 +5,13 @@ Held-out samples never meet training:
   validation.paths  their own files (preflight refuses a file that is also in data.paths)
   fraction          the last windows of every training file are cut out of the training source (SampleRanges)
 
-Every evaluation reads the same samples: global evaluation micro-batch n holds held-out samples
-[n·W·B, (n+1)·W·B) in order (W ranks, B micro batch), rank r its own B of them, evalSteps micro-batches per rank.
-The mean over the ranks is the held-out loss (every micro-batch has the same number of tokens).
+Every evaluation reads the same samples, on any number of ranks: an evaluation step is one global batch (as
+Megatron-LM's --eval-iters), so one evaluation reads evalSteps × globalBatchSize held-out samples, evaluation step n
+samples [n·G, (n+1)·G) in order (G = W·B·A: W data-parallel ranks, B micro batch, A accumulation steps). Its micro-step m
+is samples [n·G + m·W·B, n·G + (m+1)·W·B), rank r its own B of them: evalSteps × A micro-batches per rank. A run resumed
+on another number of ranks (the same global batch, other W and A) evaluates the same samples, so its losses compare
+with the earlier ones (early stopping, the best evaluation). The mean over the ranks is the held-out loss (every rank
+has as many micro-batches, every micro-batch the same number of tokens).
 
 `evaluate(engine, batches)` is the seam for other engines (a pipeline engine's eval_batch): it takes the batches of
 this rank and returns this rank's mean loss as a tensor; `Evaluation.run` averages it across the ranks.
@@ -89,19 +93,22 @@ def build_sources(data, vocab_size: int, seq_len: int, seed: int, cache_dir: Pat
     return source, build_source(held, vocab_size, seq_len, seed, cache_dir, tokenize_here=tokenize_here, barrier=barrier)
 
 
-def eval_sample_indices(num_samples: Optional[int], steps: int, rank: int, world_size: int, micro_batch: int) -> list[list[int]]:
-    """Held-out sample numbers of each of this rank's evaluation micro-batches (wrapping around a small held-out set)."""
+def eval_sample_indices(num_samples: Optional[int], steps: int, rank: int, world_size: int, micro_batch: int,
+                        accumulation: int) -> list[list[int]]:
+    """Held-out sample numbers of each of this rank's evaluation micro-batches: `steps` global batches of
+    world_size × micro_batch × accumulation samples, in order (wrapping around a small held-out set)."""
     out = []
-    for n in range(steps):
-        first = (n * world_size + rank) * micro_batch
+    for k in range(steps * accumulation):  # micro-step k of the evaluation: global batch k // accumulation
+        first = (k * world_size + rank) * micro_batch
         out.append([i % num_samples if num_samples else i for i in range(first, first + micro_batch)])
     return out
 
 
-def eval_batches(source: Source, steps: int, rank: int, world_size: int, micro_batch: int, vocab_size: int) -> list[torch.Tensor]:
+def eval_batches(source: Source, steps: int, rank: int, world_size: int, micro_batch: int, accumulation: int,
+                 vocab_size: int) -> list[torch.Tensor]:
     """This rank's evaluation micro-batches (CPU int64, inputs and targets in one tensor): the same on every call."""
     batches = []
-    for indices in eval_sample_indices(source.num_samples, steps, rank, world_size, micro_batch):
+    for indices in eval_sample_indices(source.num_samples, steps, rank, world_size, micro_batch, accumulation):
         rows = np.stack([source.sample(i) for i in indices]).astype(np.int64)
         if rows.max() >= vocab_size:
             raise ValueError(f"data.validation: token id {rows.max()} is beyond model.vocabSize {vocab_size}")

@@ -160,10 +160,13 @@ class Trainer:
         self.evaluation: Optional[Any] = None
         if self.sft and held_out is not None and t.eval_interval_steps:
             assert isinstance(held_out, SFTSource)
-            self.evaluation = SFTEvaluation(sft_eval_batches(held_out, t.eval_steps, dp_rank, dp_size, self.micro, self.cfg.vocab_size),
+            self.evaluation = SFTEvaluation(sft_eval_batches(held_out, t.eval_steps, dp_rank, dp_size, self.micro, self.accumulation,
+                                                             self.cfg.vocab_size),
                                             d.device, spec.data.packing, data_parallel=dp_size)
         elif held_out is not None and t.eval_interval_steps:
-            self.evaluation = Evaluation(eval_batches(held_out, t.eval_steps, dp_rank, dp_size, self.micro, self.cfg.vocab_size),
+            # evalSteps global batches, split like the training batch: the same samples on any number of ranks
+            self.evaluation = Evaluation(eval_batches(held_out, t.eval_steps, dp_rank, dp_size, self.micro, self.accumulation,
+                                                      self.cfg.vocab_size),
                                          d.world_size, d.device, pipeline.evaluate if self.stages > 1 else evaluate,
                                          data_parallel=dp_size)
         self.eval_history: list[dict[str, Any]] = []
@@ -379,6 +382,11 @@ class Trainer:
         best = best_evaluation(self.eval_history)
         if best is not None and best.step == self.step and not (self.last_checkpoint and self.last_checkpoint["step"] == self.step):
             self.save()
+        return self.early_stop_decided()
+
+    def early_stop_decided(self) -> bool:
+        """training.earlyStopping's rule on the evaluation history (a collective: every rank calls it); True sets the
+        stop reason."""
         stopping = self.t.early_stopping
         if stopping is None or self.step >= self.total:
             return False
@@ -387,9 +395,15 @@ class Trainer:
         if decided.item():
             self.stop_reason = EARLY_STOPPED
             if self.dist.is_main:
+                best = best_evaluation(self.eval_history)
                 log_json({"event": "early-stop", "step": self.step, "patience": stopping.patience, "min_delta": stopping.min_delta,
                           "best_eval_loss": best.loss if best else None, "best_eval_step": best.step if best else None}, self.bar)
         return bool(decided.item())
+
+    def stopped_early_before(self) -> bool:
+        """The resumed checkpoint's evaluation history already says stop (the gang restarted after an early stop, or the
+        job ran again): the run ends as it did, instead of training past the decision."""
+        return self.resumed_from is not None and self.early_stop_decided()
 
     def best_tag(self) -> Optional[str]:
         """The checkpoint of the best evaluation, if the run evaluated and it is complete."""
@@ -542,6 +556,8 @@ class Trainer:
         self.setup()
         self.resume()
         try:
+            if self.stopped_early_before():
+                return self.finish()
             while self.step < self.total:
                 self.train_step()
                 self.log()

@@ -379,7 +379,10 @@ class TrainingSpec(ApiModel):
         0, ge=0, description="Steps between evaluations on the held-out data (data.validation; synthetic data holds out its own), and one at the "
         "last step; 0 turns evaluation off.",
     )
-    eval_steps: int = Field(10, ge=1, description="Micro-batches per rank in one evaluation: evalSteps × microBatchSize × ranks held-out sequences, the same ones each time.")
+    eval_steps: int = Field(
+        10, ge=1, description="Global batches in one evaluation: evalSteps × globalBatchSize held-out sequences, the same ones each time and on "
+        "any number of ranks (each rank evaluates its share, as it trains on its share of a global batch).",
+    )
     # --- model parallelism (issue 11 part B) ---
     pipeline_stages: int = Field(
         1, ge=1, le=256,

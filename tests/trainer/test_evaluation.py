@@ -87,14 +87,29 @@ def test_synthetic_held_out_samples_differ_from_the_training_stream():
 
 
 def test_evaluation_batches_are_fixed_and_split_over_the_ranks():
-    assert eval_sample_indices(None, 2, rank=1, world_size=2, micro_batch=3) == [[3, 4, 5], [9, 10, 11]]
-    assert eval_sample_indices(5, 1, rank=1, world_size=2, micro_batch=3) == [[3, 4, 0]]  # a small held-out set wraps
+    assert eval_sample_indices(None, 2, rank=1, world_size=2, micro_batch=3, accumulation=1) == [[3, 4, 5], [9, 10, 11]]
+    assert eval_sample_indices(None, 1, rank=1, world_size=2, micro_batch=3, accumulation=2) == [[3, 4, 5], [9, 10, 11]]
+    assert eval_sample_indices(5, 1, rank=1, world_size=2, micro_batch=3, accumulation=1) == [[3, 4, 0]]  # a small held-out set wraps
     source = HeldOutSyntheticSource(256, 16, seed=1)
-    first = eval_batches(source, 3, 0, 2, 2, 256)
-    again = eval_batches(source, 3, 0, 2, 2, 256)
-    other_rank = eval_batches(source, 3, 1, 2, 2, 256)
+    first = eval_batches(source, 3, 0, 2, 2, 1, 256)
+    again = eval_batches(source, 3, 0, 2, 2, 1, 256)
+    other_rank = eval_batches(source, 3, 1, 2, 2, 1, 256)
     assert all(torch.equal(a, b) for a, b in zip(first, again)) and len(first) == 3 and first[0].shape == (2, 17)
     assert not any(torch.equal(a, b) for a, b in zip(first, other_rank))
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4, 8])
+def test_an_evaluation_reads_the_same_held_out_samples_on_any_number_of_ranks(ranks):
+    """A global batch of 16 (micro batch 2, 16 / (2 × ranks) accumulation steps), 3 evaluation steps: every number
+    of ranks reads samples 0..47, evaluation step n samples [16n, 16n + 16), and each rank as many micro-batches.
+    (Before, an evaluation read evalSteps × micro × ranks samples: 12 on 1 rank, 96 on 8.)"""
+    steps, micro, global_batch = 3, 2, 16
+    accumulation = global_batch // (micro * ranks)
+    per_rank = [eval_sample_indices(None, steps, rank, ranks, micro, accumulation) for rank in range(ranks)]
+    assert all(len(batches) == steps * accumulation for batches in per_rank)
+    for n in range(steps):
+        step_samples = [i for batches in per_rank for batch in batches[n * accumulation:(n + 1) * accumulation] for i in batch]
+        assert sorted(step_samples) == list(range(n * global_batch, (n + 1) * global_batch))
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -135,7 +150,7 @@ def test_validation_loss_at_its_interval_in_log_metrics_and_summary(evaluated_ru
     assert r["codes"] == [0, 0], "\n".join(log.read_text()[-3000:] for log in r["logs"])
     evals = [rec for rec in r["records"] if rec.get("event") == "eval"]
     assert [e["step"] for e in evals] == [10, 20, 30]
-    assert all(e["eval_samples"] == 2 * 2 * 2 for e in evals)  # evalSteps × microBatchSize × ranks
+    assert all(e["eval_samples"] == 2 * 8 for e in evals)  # evalSteps × globalBatchSize
     for e in evals:
         assert 0 < e["eval_loss"] < 10 and e["eval_perplexity"] == pytest.approx(math.exp(e["eval_loss"]))
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]  # the model learns what the held-out samples share
@@ -168,7 +183,8 @@ def test_validation_loss_is_the_mean_over_the_ranks_of_the_final_model(evaluated
     spec = load_job_file(str(evaluated_run["job"])).spec
     held = HeldOutSyntheticSource(cfg.vocab_size, cfg.seq_len, spec.training.seed)
     with torch.no_grad():
-        per_rank = [np.mean([model(b[:, :-1], b[:, 1:]).item() for b in eval_batches(held, 2, rank, 2, 2, cfg.vocab_size)])
+        # 2 evaluation steps of BASE_JOB's global batch 8: 2 × 2 accumulation micro-batches of 2 on each of the 2 ranks
+        per_rank = [np.mean([model(b[:, :-1], b[:, 1:]).item() for b in eval_batches(held, 2, rank, 2, 2, 2, cfg.vocab_size)])
                     for rank in range(2)]
     assert evaluated_run["summary"]["eval_loss"] == pytest.approx(float(np.mean(per_rank)), rel=1e-5)
 

@@ -137,7 +137,7 @@ def test_evaluation_through_the_pipeline_is_the_final_models_held_out_loss(tmp_p
     assert_same_curve(run, reference_run)
     records = [json.loads(line) for line in run.logs[0].read_text().splitlines() if line.startswith("{")]
     evals = [r for r in records if r.get("event") == "eval"]
-    assert [e["step"] for e in evals] == [15, 30] and all(e["eval_samples"] == 2 * 2 for e in evals)  # evalSteps × micro × 1 data-parallel rank
+    assert [e["step"] for e in evals] == [15, 30] and all(e["eval_samples"] == 2 * 8 for e in evals)  # evalSteps × globalBatchSize
     model_dir = tmp_path / "out" / "model"
     cfg = config_from_hf(read_hf_config(model_dir))
     model = build_model(cfg, seed=0)
@@ -145,6 +145,8 @@ def test_evaluation_through_the_pipeline_is_the_final_models_held_out_loss(tmp_p
     model.eval()
     held = HeldOutSyntheticSource(cfg.vocab_size, cfg.seq_len, 7)  # BASE_JOB's seed
     with torch.no_grad():
-        expected = sum(model(b[:, :-1], b[:, 1:]).item() for b in eval_batches(held, 2, 0, 1, 2, cfg.vocab_size)) / 2
+        # one data-parallel rank: the 2 global batches of 8 are 2 × 4 accumulation micro-batches of 2
+        batches = eval_batches(held, 2, 0, 1, 2, 4, cfg.vocab_size)
+        expected = sum(model(b[:, :-1], b[:, 1:]).item() for b in batches) / len(batches)
     assert evals[-1]["eval_loss"] == pytest.approx(expected, rel=PIPELINE_REL)
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["eval_loss"] == evals[-1]["eval_loss"]

@@ -17,10 +17,11 @@ from .dataset import SFTSource
 from .loader import to_micro_batch
 
 
-def sft_eval_batches(source: SFTSource, steps: int, rank: int, world_size: int, micro_batch: int, vocab_size: int) -> list[torch.Tensor]:
-    """This rank's evaluation rows (CPU, (B, 3, seqLen + 1)): the same on every call."""
+def sft_eval_batches(source: SFTSource, steps: int, rank: int, world_size: int, micro_batch: int, accumulation: int,
+                     vocab_size: int) -> list[torch.Tensor]:
+    """This rank's evaluation rows (CPU, (B, 3, seqLen + 1)): its share of `steps` global batches, the same on every call."""
     batches = []
-    for indices in eval_sample_indices(source.num_samples, steps, rank, world_size, micro_batch):
+    for indices in eval_sample_indices(source.num_samples, steps, rank, world_size, micro_batch, accumulation):
         rows = np.stack([source.sample(i) for i in indices])
         if rows[:, 0].max() >= vocab_size:
             raise ValueError(f"data.validation: token id {rows[:, 0].max()} is beyond model.vocabSize {vocab_size}")
