@@ -1,7 +1,7 @@
 """Kopf handlers: thin. Watch events feed the operator's view of the cluster and wake the jobs' tasks
 (job_loop.py); each job's task is started from the job watch and stopped by the job's DELETED event. No
 finalizer: deleting a job never waits for the operator, and owner references let the garbage collector
-remove its children.
+remove its children. The pods' events take a shorter way, past Kopf's per-object machinery (pod_watch.py).
 """
 
 from __future__ import annotations
@@ -38,11 +38,6 @@ def _installed() -> JobLoops:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def job_event(type, event, **_) -> None:
     _installed().on_job(type, event["object"])
-
-
-@kopf.on.event("", "v1", "pods", labels={JOB_NAME_LABEL: kopf.PRESENT})
-async def pod_event(type, event, **_) -> None:
-    _installed().on_pod(type, event["object"])
 
 
 @kopf.on.event("", "v1", "namespaces")

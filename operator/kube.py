@@ -134,7 +134,7 @@ class Kube:
             response.release_conn()
         if not 200 <= response.status <= 299:
             failed = RESTResponse(response)
-            failed.data = payload
+            failed.data = payload  # type: ignore[assignment]  # (the client declares it None until read)
             raise ApiException.from_response(http_resp=failed, body=payload.decode("utf-8", "replace"), data=None)
         return json.loads(payload) if payload else None
 

@@ -22,6 +22,7 @@ from .kopf_memory import EventOnlyMemories
 from .kube import Kube
 from .leader_election import DRAIN_SECONDS, Elector
 from .lifecycle import LifecycleSettings
+from .pod_watch import watch_pods
 from .probes import ProbeServer, ProbeState
 from .reconcile import WRITE_CONCURRENCY, Reconciler
 from .render import RenderContext
@@ -201,6 +202,8 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
 
     probes = ProbeServer(health_port, probe_state) if health_port else None
 
+    pods_watched: list[asyncio.Task] = []
+
     @kopf.on.startup()
     async def _startup(settings: kopf.OperatorSettings, **_) -> None:
         configure_settings(settings)
@@ -209,6 +212,7 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
         leadership.on_change(lambda leading: setattr(settings.posting, "enabled", leading))
         leadership.attach(asyncio.get_running_loop())
         asyncio.get_running_loop().create_task(loops.sync.wait_synced(), name="view fill")  # warm before leading
+        pods_watched.append(asyncio.get_running_loop().create_task(watch_pods(settings, namespaces, loops.on_pod), name="pod watch"))
         if probes is not None:
             await probes.start()
         if elector is not None:
@@ -226,6 +230,8 @@ def run_operator(*, namespaces: list[str], all_namespaces: bool, health_port: in
             await asyncio.to_thread(elector.stop_and_release, shut_writes)
         if probes is not None:
             await probes.stop()
+        for task in pods_watched:
+            task.cancel()
 
     log.info("starting llm-training-operator", extra={"namespaces": namespaces or "*", "cluster_domain": cluster_domain,
                                                       "kueue": reconciler.settings.kueue, "identity": identity,

@@ -392,7 +392,7 @@ def test_only_event_handlers_are_registered():
 
     registry = kopf.get_default_registry()
     assert registry._changing.get_all_handlers() == [] and registry._spawning.get_all_handlers() == []
-    assert {h.id for h in registry._watching.get_all_handlers()} == {"job_event", "pod_event", "namespace_event"}
+    assert {h.id for h in registry._watching.get_all_handlers()} == {"job_event", "namespace_event"}  # pods: pod_watch.py
 
 
 def test_job_loop_wakes_only_for_what_decisions_read(manifest):
