@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import quote, urlencode
 
 import urllib3
@@ -46,6 +46,28 @@ class ForeignChild(Exception):
 
 class NamespaceTerminating(Exception):
     """The namespace is being deleted: nothing can be created in it any more."""
+
+
+class Listing:
+    """A collection read page by page (LIST_PAGE objects) as it is iterated, once: at most one page is held, not
+    the whole collection (10,000 finished jobs' pods are hundreds of MB as dicts). The list's resource version is
+    the first page's; the API server serves every page of one listing as of that version."""
+
+    def __init__(self, fetch_page: Callable[[Optional[str]], dict[str, Any]]):
+        self._fetch_page = fetch_page
+        self._page: Optional[dict[str, Any]] = fetch_page(None)
+        self.resource_version: str = self._page["metadata"].get("resourceVersion", "")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        page, self._page = self._page, None
+        if page is None:
+            raise RuntimeError("a Listing is iterated once")
+        while True:
+            cont = page["metadata"].get("continue")
+            yield from page.pop("items", None) or []
+            if not cont:
+                return
+            page = self._fetch_page(cont)
 
 
 def is_namespace_terminating(exc: ApiException) -> bool:
@@ -279,18 +301,11 @@ class Kube:
         meta = obj["metadata"]
         return self.request("POST", path_of(obj["kind"], meta["namespace"], api_version=obj.get("apiVersion")), obj, query=[("dryRun", "All")])
 
-    def list(self, kind: str, namespace: Optional[str] = None) -> tuple[list[dict[str, Any]], str]:
-        """Every job, or every pod or Kueue Workload labelled for a job, in a namespace (None: all); and the list's
-        resource version."""
+    def list(self, kind: str, namespace: Optional[str] = None) -> Listing:
+        """Every job, or every pod or Kueue Workload labelled for a job, in a namespace (None: all), as a Listing:
+        its first page read now (and with it the list's resource version), the rest as it is iterated."""
         query = [("limit", str(LIST_PAGE))]
         if kind in ("Pod", "Workload"):
             query.append(("labelSelector", JOB_NAME_LABEL))
-        items: list[dict[str, Any]] = []
-        page: dict[str, Any] = {"metadata": {}}
-        while True:
-            cont = page["metadata"].get("continue")
-            collection = kueue_path(namespace) if kind == "Workload" else path_of(kind, namespace)
-            page = self.request("GET", collection, query=query + ([("continue", cont)] if cont else []))
-            items += page["items"]
-            if not page["metadata"].get("continue"):
-                return items, page["metadata"].get("resourceVersion", "")
+        collection = kueue_path(namespace) if kind == "Workload" else path_of(kind, namespace)
+        return Listing(lambda cont: self.request("GET", collection, query=query + ([("continue", cont)] if cont else [])))

@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from . import handlers, kueue
 from .job_loop import JobLoops
 from .kopf_memory import EventOnlyMemories
-from .kube import Kube
+from .kube import LIST_PAGE, Kube
 from .leader_election import DRAIN_SECONDS, Elector
 from .lifecycle import LifecycleSettings
 from .pod_watch import watch_pods
@@ -112,6 +112,9 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.label_selectors["v1", "pods"] = JOB_NAME_LABEL
     settings.watching.label_selectors[kueue.GROUP, kueue.WORKLOAD_PLURAL] = JOB_NAME_LABEL  # only our Workloads
     settings.networking.request_timeout = 60
+    # Kopf lists a collection whole by default (no limit): at start-up with 10,000 finished jobs, every pod at once
+    # as one response and its dicts. Paged as the view's own listings are, at most a page is held.
+    settings.watching.chunk_size = LIST_PAGE
     # Kopf keeps a worker per object for a while after its last event, and the worker holds that event's whole
     # body: after a burst of pod events, thousands of them. Let them go soon (a new one costs a task).
     settings.queueing.idle_timeout = 0.5

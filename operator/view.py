@@ -25,7 +25,7 @@ import hashlib
 import json
 import threading
 import time
-from typing import Any, Iterable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
 
 from .kueue import GROUP as KUEUE_GROUP
 from .kueue import slim_workload
@@ -83,6 +83,17 @@ def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
         slim_meta["labels"] = kueue_labels
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": slim_meta,
             "spec": json.dumps(body.get("spec") or {}, separators=(",", ":")), "status": body.get("status") or {}}
+
+
+def _observe_listed(items: Iterable[Mapping[str, Any]], observe: Callable[[Mapping[str, Any]], Any]) -> tuple[set, set[Optional[str]]]:
+    """Each listed object observed as it comes (a Listing holds one page, never the whole collection): the truthy
+    results of `observe` (the jobs whose pods changed), and the listed UIDs."""
+    changed, listed = set(), set()
+    for item in items:
+        listed.add(item["metadata"].get("uid"))
+        if (key := observe(item)):
+            changed.add(key)
+    return changed, listed
 
 
 class SettledJob(NamedTuple):
@@ -240,9 +251,7 @@ class ClusterView:
     def replace_pods(self, pods: Iterable[Mapping[str, Any]], version: str, namespaces: Optional[set[str]] = None) -> set[JobKey]:
         """A fresh listing of the pods in `namespaces` (None: all) as of resource version `version`: what a
         relisted watch does not say is which pods went meanwhile. Returns the jobs whose pods changed."""
-        pods = list(pods)
-        changed = {key for key in (self.observe_pod(p) for p in pods) if key}
-        listed = {p["metadata"].get("uid") for p in pods}
+        changed, listed = _observe_listed(pods, self.observe_pod)
         with self._lock:
             for key, entries in list(self._pods.items()):
                 if namespaces is not None and key[0] not in namespaces:
@@ -258,10 +267,7 @@ class ClusterView:
 
     def replace_jobs(self, jobs: Iterable[Mapping[str, Any]], version: str, namespaces: Optional[set[str]] = None) -> set[JobKey]:
         """A fresh listing of the jobs, as replace_pods; returns the jobs that are gone."""
-        jobs = list(jobs)
-        for job in jobs:
-            self.observe_job(job)
-        listed = {j["metadata"].get("uid") for j in jobs}
+        _, listed = _observe_listed(jobs, self.observe_job)
         gone: set[JobKey] = set()
         with self._lock:
             for key, (rv, job) in list(self._jobs.items()):
@@ -324,9 +330,7 @@ class ClusterView:
 
     def replace_workloads(self, workloads: Iterable[Mapping[str, Any]], version: str, namespaces: Optional[set[str]] = None) -> set[JobKey]:
         """A fresh listing of the Workloads, as replace_pods; returns the jobs whose Workload changed or went."""
-        workloads = list(workloads)
-        changed = {key for key in (self.observe_workload(w) for w in workloads) if key}
-        listed = {w["metadata"].get("uid") for w in workloads}
+        changed, listed = _observe_listed(workloads, self.observe_workload)
         with self._lock:
             for key, (rv, workload) in list(self._workloads.items()):
                 uid = workload["metadata"].get("uid")

@@ -85,10 +85,10 @@ class ViewSync:
         scopes: list[Optional[str]] = list(self.namespaces or []) or [None]
         for namespace in scopes:
             scope = {namespace} if namespace else None
-            jobs, jobs_version = self.kube.list("LLMTrainingJob", namespace)
-            pods, pods_version = self.kube.list("Pod", namespace)
-            gone |= self.view.replace_jobs(jobs, jobs_version, scope)
-            changed |= self.view.replace_pods(pods, pods_version, scope)
+            jobs = self.kube.list("LLMTrainingJob", namespace)
+            gone |= self.view.replace_jobs(jobs, jobs.resource_version, scope)
+            pods = self.kube.list("Pod", namespace)
+            changed |= self.view.replace_pods(pods, pods.resource_version, scope)
             if self.workloads:
                 changed |= self._sweep_workloads(namespace, scope)
         job_count, pod_count = self.view.size()
@@ -97,9 +97,9 @@ class ViewSync:
 
     def _sweep_workloads(self, namespace: Optional[str], scope: Optional[set[str]]) -> set[JobKey]:
         try:
-            workloads, version = self.kube.list("Workload", namespace)
+            workloads = self.kube.list("Workload", namespace)
         except ApiException as exc:
             if exc.status == 404:  # Kueue's CRDs are not installed (yet): no Workload to know of
                 return set()
             raise
-        return self.view.replace_workloads(workloads, version, scope)
+        return self.view.replace_workloads(workloads, workloads.resource_version, scope)

@@ -15,6 +15,7 @@ from llm_operator.api.contract import final_state_line
 from llm_operator.compaction import is_settled
 from llm_operator.draft import Decision
 from llm_operator.job_loop import JobLoops
+from llm_operator.kube import Listing
 from llm_operator.lifecycle import status_patch
 from llm_operator.reconcile import Outcome
 from llm_operator.view import ClusterView
@@ -158,7 +159,7 @@ class OneJob:
         self.gets = 0
 
     def list(self, kind, namespace=None):
-        return [], "1"
+        return Listing(lambda _: {"metadata": {"resourceVersion": "1"}, "items": []})
 
     def get_job(self, namespace, name):
         self.gets += 1

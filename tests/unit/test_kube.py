@@ -116,9 +116,28 @@ def test_listings_follow_continue_tokens(serve):
                      "items": [{"metadata": {"name": f"p{page}"}}]}
 
     server, kube = serve(respond)
-    items, version = kube.list("Pod")
-    assert [i["metadata"]["name"] for i in items] == ["p1", "p2"] and version == "42"
+    listing = kube.list("Pod")
+    assert listing.resource_version == "42"
+    assert [i["metadata"]["name"] for i in listing] == ["p1", "p2"]
     assert server.requests[0][1] == "/api/v1/pods?limit=500&labelSelector=llmtraining.dev/job-name"
+
+
+def test_a_listing_reads_its_next_page_only_once_the_last_is_consumed(serve):
+    """At most one page held: 10,000 finished jobs' pods listed whole are hundreds of MB (issue 22)."""
+    pages = 3
+
+    def respond(method, path, body):
+        page = int(path.rsplit("continue=", 1)[1]) if "continue=" in path else 1
+        more = {"continue": str(page + 1)} if page < pages else {}
+        return 200, {"metadata": {"resourceVersion": "7", **more}, "items": [{"metadata": {"name": f"p{page}-{i}"}} for i in range(2)]}
+
+    server, kube = serve(respond)
+    items = iter(kube.list("Pod"))
+    assert len(server.requests) == 1  # the first page: the list's resource version
+    assert [next(items)["metadata"]["name"] for _ in range(2)] == ["p1-0", "p1-1"]
+    assert len(server.requests) == 1
+    assert next(items)["metadata"]["name"] == "p2-0" and len(server.requests) == 2
+    assert [i["metadata"]["name"] for i in items] == ["p2-1", "p3-0", "p3-1"] and len(server.requests) == 3
 
 
 @pytest.mark.parametrize("api_version, path", [

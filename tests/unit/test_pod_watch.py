@@ -69,3 +69,14 @@ def test_a_failing_handler_or_stream_does_not_end_the_watch(monkeypatch, caplog)
     asyncio.run(scenario())
     assert attempts == [None, None] and seen == ["good", "good"]
     assert "could not be handled" in caplog.text and "watching pods in all namespaces failed" in caplog.text
+
+
+def test_kopfs_listings_are_paged_as_the_views_own():
+    """Kopf lists whole by default: at start-up with 10,000 finished jobs, every pod in one response (issue 22)."""
+    from llm_operator.kube import LIST_PAGE
+    from llm_operator.main import configure_settings
+
+    settings = kopf.OperatorSettings()
+    assert settings.watching.chunk_size is None
+    configure_settings(settings)
+    assert settings.watching.chunk_size == LIST_PAGE

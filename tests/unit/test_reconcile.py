@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pytest
 
 from llm_operator.job_loop import JobLoops
-from llm_operator.kube import ForeignChild, NamespaceTerminating
+from llm_operator.kube import ForeignChild, Listing, NamespaceTerminating
 from llm_operator.reconcile import Reconciler
 from llm_operator.render import RenderContext
 from llm_operator.view import ClusterView
@@ -179,7 +179,7 @@ def test_reconcile_reports_an_unrunnable_spec(manifest):
 # ------------------------------------------------------------------------------------------ job loop
 class EmptyCluster:
     def list(self, kind, namespace=None):
-        return [], "1"
+        return Listing(lambda _: {"metadata": {"resourceVersion": "1"}, "items": []})
 
 
 class CountingReconciler:

@@ -9,6 +9,7 @@ import copy
 import pytest
 from test_lifecycle import UID, make_job, pod, run  # noqa: F401  (make_job: a fixture)
 
+from llm_operator.kube import Listing
 from llm_operator.view import ClusterView, is_newer, slim_pod
 from llm_operator.view_sync import ViewSync
 
@@ -163,7 +164,8 @@ class ListingKube:
 
     def list(self, kind, namespace=None):
         self.lists += 1
-        return copy.deepcopy(self.jobs if kind == "LLMTrainingJob" else self.pods), "100"
+        items = copy.deepcopy(self.jobs if kind == "LLMTrainingJob" else self.pods)
+        return Listing(lambda _: {"metadata": {"resourceVersion": "100"}, "items": items})
 
 
 def test_sync_fills_the_view_once_then_sweeps_after_a_relisted_watch(monkeypatch):
