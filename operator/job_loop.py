@@ -201,7 +201,7 @@ class JobLoops:
         try:
             return await asyncio.wrap_future(self._threads.submit(priority, reconcile))
         finally:
-            await self.headroom.release()
+            self.headroom.release()
 
     def _settle(self, key: JobKey, wake_after: Optional[float]) -> bool:
         body = self.view.job(*key)
