@@ -34,6 +34,7 @@
 #                            LLMTO_CP_FEATURE_GATES=GenericWorkload=true,TopologyAwareWorkloadScheduling=true \
 #                              hack/controlplane.sh restart kube-apiserver   (and kube-scheduler)
 #   LLMTO_CP_APISERVER_PORT, LLMTO_CP_ETCD_PORT, LLMTO_CP_ETCD_PEER_PORT   fixed ports (default: free ones)
+#   LLMTO_CP_ETCD_QUOTA_MB   etcd's space quota (default 512; past it every write fails: benchmarks of 10,000 jobs need more)
 #   GO                       go binary (default: go on PATH)
 #
 # Nodes: kwok-gpu-0..N-1, labels type=kwok, nvidia.com/gpu.present=true, nvidia.com/gpu.count=8;
@@ -362,7 +363,7 @@ start_etcd() {
     --listen-peer-urls="http://127.0.0.1:${ETCD_PEER_PORT}" \
     --initial-advertise-peer-urls="http://127.0.0.1:${ETCD_PEER_PORT}" \
     --initial-cluster="llmto=http://127.0.0.1:${ETCD_PEER_PORT}" \
-    --quota-backend-bytes=$((512 * 1024 * 1024)) \
+    --quota-backend-bytes=$((${LLMTO_CP_ETCD_QUOTA_MB:-512} * 1024 * 1024)) \
     --auto-compaction-mode=periodic --auto-compaction-retention=5m \
     --snapshot-count=5000 --unsafe-no-fsync=true --log-level=warn
   wait_for "etcd /health" 60 etcd curl -sf --max-time 2 "http://127.0.0.1:${ETCD_PORT}/health"

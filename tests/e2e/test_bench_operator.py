@@ -29,4 +29,5 @@ def test_benchmark_smoke_counts_the_operators_requests(tmp_path):
     assert "get llmtrainingjobs" not in requests["by_verb_resource"]  # the job comes from the watch
     assert result["noop_events"] == jobs * workers and result["requests_for_noop_events"] == 0
     assert result["requests_while_quiet"] == 0
-    assert {"operator_over_raw", "operator_over_raw_pods", "running_lag_s", "rss_mib", "rss_finished_mib", "cpu_s"} <= set(result)
+    assert {"operator_over_raw", "operator_over_raw_pods", "operator_over_raw_children", "running_lag_s", "rss_mib", "rss_finished_mib", "cpu_s"} <= set(result)
+    assert all(result[key] > 0 for key in ("raw_s", "raw_children_s", "raw_pods_s"))
