@@ -29,8 +29,7 @@ Events; 16 jobs at once and 16 writes in flight, as the operator's reconcile and
 status write costs the API server 5 times a pod's create (benchmarks/bench_api_cost.py): a baseline without it
 measures the API server, not the operator. Every child with the jobs made before the clock starts
 (raw_children_s, the fair figure until 2026-12-08), and pods only (raw_pods_s, the first figure) are kept and
-labelled. --runs K repeats the
-whole run on fresh control planes and prints the median of each figure.
+labelled. --runs K repeats the whole run on fresh control planes and prints the median of each figure.
 
 Printed: a table, then one JSON line. operator_over_raw is operator time ÷ raw time (time until all pods
 exist); running_lag_s is the p99 over jobs of (job Running − its last pod Running); requests_per_job counts
@@ -84,8 +83,8 @@ RAW_NS, CHILDREN_NS, FAIR_NS, JOBS_NS = "bench-raw", "bench-children", "bench-fa
 EXIT_CODE_ANNOTATION = "kwok.llmtraining.dev/exit-code"  # hack/controlplane.sh: kwok ends the pod with this code
 
 
-def job_manifest(name: str, workers: int) -> dict:
-    return {"apiVersion": "llmtraining.dev/v1alpha1", "kind": "LLMTrainingJob", "metadata": {"name": name, "namespace": JOBS_NS},
+def job_manifest(name: str, workers: int, namespace: str = JOBS_NS) -> dict:
+    return {"apiVersion": "llmtraining.dev/v1alpha1", "kind": "LLMTrainingJob", "metadata": {"name": name, "namespace": namespace},
             "spec": {"image": "ghcr.io/llmtraining/trainer:0.1.0", "nodes": workers, "slotsPerNode": 1,
                      "model": {"preset": "tiny"}, "training": {"steps": 10, "microBatchSize": 1}}}
 
@@ -168,8 +167,7 @@ def watch_namespace(kube: Kube, namespace: str, timeline: Timeline) -> list[Watc
 
 
 def raw_jobs(admin: Kube, namespace: str, args) -> list[dict]:
-    return in_parallel(lambda i: admin.create({**job_manifest(f"job-{i}", args.workers), "metadata": {"name": f"job-{i}", "namespace": namespace}}),
-                       range(args.jobs), args.concurrency)
+    return in_parallel(lambda i: admin.create(job_manifest(f"job-{i}", args.workers, namespace)), range(args.jobs), args.concurrency)
 
 
 def timed_pods(admin: Kube, namespace: str, pods: int, create) -> float:
@@ -234,8 +232,8 @@ def raw_fair_phase(admin: Kube, operator_identity: Kube, args) -> float:
 
     def submit_and_create() -> None:
         with ThreadPoolExecutor(args.concurrency, thread_name_prefix="raw-gang") as gangs:
-            manifest = lambda i: {**job_manifest(f"job-{i}", args.workers), "metadata": {"name": f"job-{i}", "namespace": FAIR_NS}}  # noqa: E731
-            gangs_created = in_parallel(lambda i: gangs.submit(create_gang, admin.create(manifest(i))), range(args.jobs), args.concurrency)
+            gangs_created = in_parallel(lambda i: gangs.submit(create_gang, admin.create(job_manifest(f"job-{i}", args.workers, FAIR_NS))),
+                                        range(args.jobs), args.concurrency)
             for future in gangs_created + finishing:
                 future.result()
 
